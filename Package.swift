@@ -1,0 +1,30 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+// Layers, from the wire inwards: the FastCGI transport (libfcgi) hands requests to the proxy
+// service, which decides (admit, forward, settle) and reaches the upstream (libcurl) and the
+// store (libpq) through small protocols. TollgateCore holds the pure logic and imports no C.
+let package = Package(
+    name: "Tollgate",
+    products: [
+        .executable(name: "tollgate", targets: ["tollgate"])
+    ],
+    targets: [
+        .systemLibrary(name: "CFastCGI", pkgConfig: "fcgi", providers: [.apt(["libfcgi-dev"])]),
+        .systemLibrary(name: "CCurl", pkgConfig: "libcurl", providers: [.apt(["libcurl4-openssl-dev"])]),
+        .systemLibrary(name: "CPostgres", pkgConfig: "libpq", providers: [.apt(["libpq-dev"])]),
+        .target(name: "TollgateCore"),
+        .target(name: "TollgateProxy", dependencies: ["TollgateCore"]),
+        .target(name: "TollgateUpstream", dependencies: ["TollgateCore", "TollgateProxy", "CCurl"]),
+        .target(name: "TollgateFastCGI", dependencies: ["TollgateCore", "TollgateProxy", "CFastCGI"]),
+        .target(name: "TollgateStore", dependencies: ["TollgateCore", "TollgateProxy", "CPostgres"]),
+        .executableTarget(
+            name: "tollgate",
+            dependencies: ["TollgateCore", "TollgateProxy", "TollgateUpstream", "TollgateFastCGI", "TollgateStore"]
+        ),
+        .testTarget(name: "TollgateCoreTests", dependencies: ["TollgateCore"]),
+        .testTarget(name: "TollgateProxyTests", dependencies: ["TollgateProxy", "TollgateCore"]),
+        .testTarget(name: "TollgateStoreTests", dependencies: ["TollgateStore", "TollgateProxy", "TollgateCore"]),
+    ],
+    swiftLanguageModes: [.v6]
+)
