@@ -1,0 +1,83 @@
+import TollgateCore
+
+/// Where the upstream key of a request comes from.
+public enum KeySource: String, Sendable {
+    /// Tollgate's own provider key; usage counts against the caller's quota.
+    case platform
+    /// The caller's own provider key (bring your own key); usage is recorded, not limited.
+    case byok
+}
+
+/// The metering side of the proxy: who may call, with which upstream key, and where usage is
+/// recorded. The service calls `admit` before forwarding and `settle` exactly once after every
+/// admitted request, whatever its end.
+///
+/// Implementations are shared by all request threads; they may block (a database round trip).
+public protocol Metering: Sendable {
+    /// Decides whether a generation request may go upstream, and reserves what it may spend.
+    func admit(_ request: AdmissionRequest) -> Admission
+
+    /// Decides whether a caller may list models, and with which upstream key.
+    func admitListing(from client: ProxyRequest) -> Admission
+
+    /// Records what an admitted request used and releases its reservation.
+    func settle(_ settlement: Settlement)
+}
+
+/// A generation request as admission sees it.
+public struct AdmissionRequest: Sendable {
+    /// The request id, which becomes the reservation's and the ledger row's key.
+    public var requestID: String
+    public var api: API
+    public var model: String
+    public var stream: Bool
+    /// Tokens to hold against the caller's quota: the estimated input plus the output cap.
+    public var reservedTokens: Int
+    /// Input tokens estimated from the request (recorded if the request is never settled).
+    public var estimatedInputTokens: Int
+    /// The client's request, whose headers identify the caller.
+    public var client: ProxyRequest
+
+    public init(
+        requestID: String, api: API, model: String, stream: Bool, reservedTokens: Int, estimatedInputTokens: Int,
+        client: ProxyRequest
+    ) {
+        self.requestID = requestID
+        self.api = api
+        self.model = model
+        self.stream = stream
+        self.reservedTokens = reservedTokens
+        self.estimatedInputTokens = estimatedInputTokens
+        self.client = client
+    }
+}
+
+/// The answer of `Metering.admit`.
+public enum Admission: Sendable {
+    case admitted(AdmissionTicket)
+    /// Answered to the client as is; nothing goes upstream.
+    case rejected(OpenAIError)
+}
+
+/// What an admitted request carries from admission to settlement.
+public struct AdmissionTicket: Sendable {
+    /// The key sent upstream. Never logged.
+    public var upstreamKey: String
+    public var keySource: KeySource
+    /// The caller, as the metering store knows it; nil when metering is off.
+    public var userID: String?
+    /// The Tollgate API key the caller used; nil in header mode or when metering is off.
+    public var keyID: String?
+    /// Tokens reserved against the quota, released at settlement; 0 when nothing was reserved.
+    public var reservedTokens: Int
+
+    public init(
+        upstreamKey: String, keySource: KeySource, userID: String? = nil, keyID: String? = nil, reservedTokens: Int = 0
+    ) {
+        self.upstreamKey = upstreamKey
+        self.keySource = keySource
+        self.userID = userID
+        self.keyID = keyID
+        self.reservedTokens = reservedTokens
+    }
+}
