@@ -1,0 +1,71 @@
+import CFastCGI
+import TollgateProxy
+
+/// The client side of one FastCGI request: writes the CGI-style head and body to nginx through
+/// libfcgi's output stream.
+///
+/// Owned by the request thread; the `FCGX_Request` it points to belongs to that thread too.
+final class FastCGIClient: ClientConnection {
+    private let request: UnsafeMutablePointer<FCGX_Request>
+    private(set) var headSent = false
+    /// Set once a write failed: nginx closed the connection because the client left.
+    private(set) var gone = false
+
+    init(request: UnsafeMutablePointer<FCGX_Request>) {
+        self.request = request
+    }
+
+    var disconnectDescriptor: Int32 { tg_fcgx_descriptor(request) }
+
+    func sendHead(status: Int, headers: [(String, String)]) {
+        guard !headSent else { return }
+        headSent = true
+        var head = "Status: \(status) \(Self.reason(for: status))\r\n"
+        for (name, value) in headers {
+            head += "\(name): \(value)\r\n"
+        }
+        head += "\r\n"
+        var bytes = Array(head.utf8)
+        put(&bytes)
+    }
+
+    func send(_ bytes: [UInt8]) {
+        var bytes = bytes
+        put(&bytes)
+    }
+
+    func flush() -> Bool {
+        guard !gone, let out = request.pointee.out else { return false }
+        if FCGX_FFlush(out) < 0 { gone = true }
+        return !gone
+    }
+
+    /// The reason phrase nginx puts on the status line; some HTTP clients show it.
+    static func reason(for status: Int) -> String {
+        switch status {
+        case 200: "OK"
+        case 400: "Bad Request"
+        case 401: "Unauthorized"
+        case 403: "Forbidden"
+        case 404: "Not Found"
+        case 405: "Method Not Allowed"
+        case 409: "Conflict"
+        case 413: "Payload Too Large"
+        case 422: "Unprocessable Entity"
+        case 429: "Too Many Requests"
+        case 500: "Internal Server Error"
+        case 502: "Bad Gateway"
+        case 503: "Service Unavailable"
+        case 504: "Gateway Timeout"
+        default: (200..<300).contains(status) ? "OK" : "Error"
+        }
+    }
+
+    private func put(_ bytes: inout [UInt8]) {
+        guard !gone, let out = request.pointee.out, !bytes.isEmpty else { return }
+        let written = bytes.withUnsafeMutableBytes { buffer in
+            FCGX_PutStr(buffer.baseAddress?.assumingMemoryBound(to: CChar.self), Int32(buffer.count), out)
+        }
+        if written < 0 { gone = true }
+    }
+}

@@ -1,0 +1,39 @@
+import TollgateProxy
+
+/// Everything `tollgate serve` and its workers need, resolved from flags and `TOLLGATE_*`
+/// environment variables (flags win).
+struct ServeSettings {
+    var socket = "/run/tollgate/tollgate.sock"
+    var socketMode = 0o660
+    var workers = ServeSettings.coreCount
+    /// Request threads per worker: one per concurrent request, streams included.
+    var threads = 2048
+    /// Stack of each request thread, in KiB.
+    var stackKiB = 256
+    var upstreamURL = "https://api.openai.com/v1"
+    var upstreamKey = ""
+    var basePath = "/v1"
+    var connectTimeout = Duration.seconds(10)
+    var upstreamTimeout = Duration.seconds(600)
+    var upstreamIdleTimeout = Duration.seconds(300)
+    var grace = Duration.seconds(30)
+    var maxBodyBytes = 16 << 20
+    var logLevel = LogLevel.info
+
+    static var coreCount: Int {
+        max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))))
+    }
+
+    /// The settings a worker process receives from its supervisor, as environment entries.
+    var environment: [String: String] {
+        var entries: [String: String] = [:]
+        for setting in Self.table {
+            entries[setting.environmentName] = setting.render(self)
+        }
+        return entries
+    }
+}
+
+#if canImport(Glibc)
+    import Glibc
+#endif

@@ -1,0 +1,66 @@
+import CCurl
+import TollgateCore
+import TollgateFastCGI
+import TollgateProxy
+import TollgateUpstream
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// One `tollgate worker` process: serves FastCGI requests on the socket inherited from the
+/// supervisor until SIGTERM, then drains its in-flight requests within the grace period.
+enum WorkerProcess {
+    /// The descriptor number the supervisor passes the listening socket as.
+    static let listenDescriptor: Int32 = 3
+
+    static func run(settings: ServeSettings, index: String) -> Int32 {
+        let signals = SignalSet([SIGTERM, SIGINT, SIGHUP])
+        signals.block()  // before any thread starts, so all of them inherit the mask
+        signal(SIGPIPE, SIG_IGN)
+        raiseDescriptorLimit()
+        guard CurlUpstream.initializeLibrary() else {
+            Log.error("worker.curl_init_failed")
+            return 1
+        }
+
+        let upstreamSettings = UpstreamSettings(
+            baseURL: settings.upstreamURL, connectTimeout: settings.connectTimeout,
+            responseTimeout: settings.upstreamTimeout, idleTimeout: settings.upstreamIdleTimeout)
+        let service = ProxyService(
+            router: Router(basePath: settings.basePath), metering: LogOnlyMetering(platformKey: settings.upstreamKey),
+            makeUpstream: { CurlUpstream(settings: upstreamSettings) })
+        let server = FastCGIServer(
+            listenDescriptor: listenDescriptor,
+            settings: .init(
+                threads: settings.threads, stackSize: settings.stackKiB << 10, maxBodyBytes: settings.maxBodyBytes),
+            service: service)
+        do {
+            try server.start()
+        } catch {
+            Log.error("worker.start_failed", [(.worker, index), (.detail, error.description)])
+            return 1
+        }
+
+        let parent = getppid()
+        while true {
+            let received = signals.wait(milliseconds: 1000)
+            // An orphaned worker (its supervisor was killed) stops like on SIGTERM.
+            if received == SIGTERM || received == SIGINT || getppid() != parent { break }
+        }
+        Log.info("worker.stopping", [(.worker, index), (.inFlight, String(server.inFlight))])
+        let left = server.stop(grace: settings.grace)
+        Log.write(left == 0 ? .info : .warning, "worker.stopped", [(.worker, index), (.inFlight, String(left))])
+        return 0
+    }
+
+    /// Each stream holds a FastCGI and an upstream connection: allow as many as the system does.
+    private static func raiseDescriptorLimit() {
+        var limit = rlimit()
+        guard getrlimit(RLIMIT_NOFILE_VALUE, &limit) == 0 else { return }
+        limit.rlim_cur = limit.rlim_max
+        setrlimit(RLIMIT_NOFILE_VALUE, &limit)
+    }
+}
+
+private let RLIMIT_NOFILE_VALUE = __rlimit_resource_t(RLIMIT_NOFILE.rawValue)
