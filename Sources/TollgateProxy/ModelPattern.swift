@@ -1,9 +1,12 @@
 /// A model name pattern of the allowlist: `*` matches any run of characters, everything else
 /// matches itself (`gpt-4o*`, `*-mini`, `o3`).
 public struct ModelPattern: Sendable, Equatable {
+    /// The pattern as written.
+    public let text: String
     let pieces: [Substring]
 
     public init(_ pattern: String) {
+        text = pattern
         pieces = pattern.split(separator: "*", omittingEmptySubsequences: false)
     }
 

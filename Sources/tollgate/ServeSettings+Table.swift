@@ -38,6 +38,31 @@ extension ServeSettings {
             seconds("upstream-idle-timeout", "seconds of upstream silence allowed mid-body (300)", \.upstreamIdleTimeout),
             seconds("grace", "seconds in-flight requests get to finish after SIGTERM (30)", \.grace),
             integer("max-body-bytes", "largest request body read, bytes (16777216)", 1024...(1 << 30), \.maxBodyBytes),
+            Setting(flag: "allowed-models", help: "comma-separated model patterns, * as wildcard (all)") {
+                settings, text in
+                settings.policy.allowedModels = text.split(separator: ",").map {
+                    ModelPattern(String($0.drop { $0 == " " }.reversed().drop { $0 == " " }.reversed()))
+                }
+                return true
+            } render: { $0.policy.allowedModels.map(\.text).joined(separator: ",") },
+            Setting(flag: "max-output-tokens", help: "output tokens one request may ask for, 0 for no cap (16384)") {
+                settings, text in
+                guard let value = Int(text), value >= 0 else { return false }
+                settings.policy.maxOutputTokens = value == 0 ? nil : value
+                return true
+            } render: { String($0.policy.maxOutputTokens ?? 0) },
+            Setting(flag: "over-cap", help: "clamp or reject a request above max-output-tokens (clamp)") {
+                settings, text in
+                guard let action = Policy.OverCapAction(rawValue: text) else { return false }
+                settings.policy.overCapAction = action
+                return true
+            } render: { $0.policy.overCapAction.rawValue },
+            Setting(flag: "hosted-tools", help: "refuse or allow Responses hosted tools, billed beyond tokens (refuse)") {
+                settings, text in
+                guard text == "refuse" || text == "allow" else { return false }
+                settings.policy.refusesHostedTools = text == "refuse"
+                return true
+            } render: { $0.policy.refusesHostedTools ? "refuse" : "allow" },
             Setting(flag: "log-level", help: "debug, info, warning or error (info)") { settings, text in
                 guard let level = LogLevel(name: text) else { return false }
                 settings.logLevel = level

@@ -19,6 +19,7 @@ struct ServeSettings {
     var grace = Duration.seconds(30)
     var maxBodyBytes = 16 << 20
     var logLevel = LogLevel.info
+    var policy = Policy(maxOutputTokens: 16384)
 
     static var coreCount: Int {
         max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))))

@@ -29,6 +29,7 @@ enum WorkerProcess {
             responseTimeout: settings.upstreamTimeout, idleTimeout: settings.upstreamIdleTimeout)
         let service = ProxyService(
             router: Router(basePath: settings.basePath), metering: LogOnlyMetering(platformKey: settings.upstreamKey),
+            policy: settings.policy,
             makeUpstream: { CurlUpstream(settings: upstreamSettings) })
         let server = FastCGIServer(
             listenDescriptor: listenDescriptor,
