@@ -45,7 +45,8 @@ public struct Policy: Sendable {
         }
         guard let cap = maxOutputTokens else {
             return .success(
-                PolicyDecision(body: request.upstreamBody, outputTokens: request.maxOutputTokens ?? defaultOutputReservation))
+                PolicyDecision(
+                    body: request.upstreamBody, outputTokens: request.maxOutputTokens ?? defaultOutputReservation))
         }
         if let asked = request.maxOutputTokens, asked <= cap {
             return .success(PolicyDecision(body: request.upstreamBody, outputTokens: asked))

@@ -78,7 +78,8 @@ public final class CurlUpstream: Upstream {
             // The body is not copied: it outlives the transfer, which runs inside send().
             codes.append(tg_curl_set_long(easy, CURLOPT_POST, 1))
             codes.append(tg_curl_set_off(easy, CURLOPT_POSTFIELDSIZE_LARGE, curl_off_t(body.count)))
-            codes.append(tg_curl_set_pointer(easy, CURLOPT_POSTFIELDS, UnsafeMutableRawPointer(mutating: body.baseAddress)))
+            codes.append(
+                tg_curl_set_pointer(easy, CURLOPT_POSTFIELDS, UnsafeMutableRawPointer(mutating: body.baseAddress)))
         } else {
             codes.append(tg_curl_set_long(easy, CURLOPT_HTTPGET, 1))
         }

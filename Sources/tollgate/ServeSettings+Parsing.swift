@@ -20,7 +20,9 @@ extension ServeSettings {
         var index = 0
         while index < arguments.count {
             let argument = arguments[index]
-            guard argument.hasPrefix("--") else { throw SettingsError(description: "unexpected argument '\(argument)'") }
+            guard argument.hasPrefix("--") else {
+                throw SettingsError(description: "unexpected argument '\(argument)'")
+            }
             var name = String(argument.dropFirst(2))
             var value: String
             if let equals = name.firstIndex(of: "=") {

@@ -23,9 +23,12 @@ extension ServeSettings {
                 guard let mode = Int(text, radix: 8), (0...0o777).contains(mode) else { return false }
                 settings.socketMode = mode
                 return true
-            } render: { String($0.socketMode, radix: 8) },
+            } render: {
+                String($0.socketMode, radix: 8)
+            },
             integer("workers", "worker processes (number of cores)", 1...256, \.workers),
-            integer("threads", "request threads per worker, i.e. its concurrent requests (2048)", 1...30_000, \.threads),
+            integer(
+                "threads", "request threads per worker, i.e. its concurrent requests (2048)", 1...30_000, \.threads),
             integer("stack-kib", "stack of each request thread, KiB (256)", 64...8192, \.stackKiB),
             text("upstream-url", "base URL of the provider (https://api.openai.com/v1)", \.upstreamURL) {
                 ($0.hasPrefix("http://") || $0.hasPrefix("https://")) && !$0.contains(where: \.isWhitespace)
@@ -35,7 +38,8 @@ extension ServeSettings {
             },
             seconds("connect-timeout", "seconds allowed to connect to the upstream (10)", \.connectTimeout),
             seconds("upstream-timeout", "seconds to wait for the upstream's response head (600)", \.upstreamTimeout),
-            seconds("upstream-idle-timeout", "seconds of upstream silence allowed mid-body (300)", \.upstreamIdleTimeout),
+            seconds(
+                "upstream-idle-timeout", "seconds of upstream silence allowed mid-body (300)", \.upstreamIdleTimeout),
             seconds("grace", "seconds in-flight requests get to finish after SIGTERM (30)", \.grace),
             integer("max-body-bytes", "largest request body read, bytes (16777216)", 1024...(1 << 30), \.maxBodyBytes),
             Setting(flag: "allowed-models", help: "comma-separated model patterns, * as wildcard (all)") {
@@ -44,30 +48,41 @@ extension ServeSettings {
                     ModelPattern(String($0.drop { $0 == " " }.reversed().drop { $0 == " " }.reversed()))
                 }
                 return true
-            } render: { $0.policy.allowedModels.map(\.text).joined(separator: ",") },
+            } render: {
+                $0.policy.allowedModels.map(\.text).joined(separator: ",")
+            },
             Setting(flag: "max-output-tokens", help: "output tokens one request may ask for, 0 for no cap (16384)") {
                 settings, text in
                 guard let value = Int(text), value >= 0 else { return false }
                 settings.policy.maxOutputTokens = value == 0 ? nil : value
                 return true
-            } render: { String($0.policy.maxOutputTokens ?? 0) },
+            } render: {
+                String($0.policy.maxOutputTokens ?? 0)
+            },
             Setting(flag: "over-cap", help: "clamp or reject a request above max-output-tokens (clamp)") {
                 settings, text in
                 guard let action = Policy.OverCapAction(rawValue: text) else { return false }
                 settings.policy.overCapAction = action
                 return true
-            } render: { $0.policy.overCapAction.rawValue },
-            Setting(flag: "hosted-tools", help: "refuse or allow Responses hosted tools, billed beyond tokens (refuse)") {
+            } render: {
+                $0.policy.overCapAction.rawValue
+            },
+            Setting(flag: "hosted-tools", help: "refuse or allow Responses hosted tools, billed beyond tokens (refuse)")
+            {
                 settings, text in
                 guard text == "refuse" || text == "allow" else { return false }
                 settings.policy.refusesHostedTools = text == "refuse"
                 return true
-            } render: { $0.policy.refusesHostedTools ? "refuse" : "allow" },
+            } render: {
+                $0.policy.refusesHostedTools ? "refuse" : "allow"
+            },
             Setting(flag: "log-level", help: "debug, info, warning or error (info)") { settings, text in
                 guard let level = LogLevel(name: text) else { return false }
                 settings.logLevel = level
                 return true
-            } render: { String(describing: $0.logLevel) },
+            } render: {
+                String(describing: $0.logLevel)
+            },
         ]
     }
 
@@ -79,7 +94,9 @@ extension ServeSettings {
             guard valid(text) else { return false }
             settings[keyPath: field] = text
             return true
-        } render: { $0[keyPath: field] }
+        } render: {
+            $0[keyPath: field]
+        }
     }
 
     private static func integer(
@@ -89,7 +106,9 @@ extension ServeSettings {
             guard let value = Int(text), range.contains(value) else { return false }
             settings[keyPath: field] = value
             return true
-        } render: { String($0[keyPath: field]) }
+        } render: {
+            String($0[keyPath: field])
+        }
     }
 
     private static func seconds(

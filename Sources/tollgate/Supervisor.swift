@@ -33,8 +33,10 @@ final class Supervisor {
         for slot in slots.indices { spawn(slot) }
         Log.info(
             "serve.started",
-            [(.socket, settings.socket), (.workers, String(settings.workers)), (.threads, String(settings.threads)),
-             (.upstream, settings.upstreamURL)])
+            [
+                (.socket, settings.socket), (.workers, String(settings.workers)), (.threads, String(settings.threads)),
+                (.upstream, settings.upstreamURL),
+            ])
         while !stopping || slots.contains(where: { $0 > 0 }) {
             let signal = signals.wait(milliseconds: 250)
             if signal == SIGTERM || signal == SIGINT { beginStop(signal: signal ?? SIGTERM) }
@@ -67,7 +69,8 @@ final class Supervisor {
             guard let slot = slots.firstIndex(of: pid) else { continue }
             slots[slot] = 0
             let level: LogLevel = stopping ? .info : .warning
-            Log.write(level, "worker.exited", [(.worker, String(slot)), (.pid, String(pid)), (.exitStatus, describe(status))])
+            Log.write(
+                level, "worker.exited", [(.worker, String(slot)), (.pid, String(pid)), (.exitStatus, describe(status))])
         }
     }
 
@@ -85,9 +88,10 @@ final class Supervisor {
         for (name, value) in settings.environment { environment[name] = value }
         environment["TOLLGATE_WORKER_INDEX"] = String(slot)
         environment["TOLLGATE_LISTEN_FD"] = String(WorkerProcess.listenDescriptor)
-        guard let pid = ProcessSpawner.spawn(
-            arguments: ["tollgate", "worker"], environment: environment,
-            passing: socket.descriptor, as: WorkerProcess.listenDescriptor)
+        guard
+            let pid = ProcessSpawner.spawn(
+                arguments: ["tollgate", "worker"], environment: environment,
+                passing: socket.descriptor, as: WorkerProcess.listenDescriptor)
         else {
             Log.error("worker.spawn_failed", [(.worker, String(slot)), (.detail, String(errno))])
             return

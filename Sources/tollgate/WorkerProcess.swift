@@ -58,10 +58,10 @@ enum WorkerProcess {
     /// Each stream holds a FastCGI and an upstream connection: allow as many as the system does.
     private static func raiseDescriptorLimit() {
         var limit = rlimit()
-        guard getrlimit(RLIMIT_NOFILE_VALUE, &limit) == 0 else { return }
+        guard getrlimit(descriptorLimitResource, &limit) == 0 else { return }
         limit.rlim_cur = limit.rlim_max
-        setrlimit(RLIMIT_NOFILE_VALUE, &limit)
+        setrlimit(descriptorLimitResource, &limit)
     }
 }
 
-private let RLIMIT_NOFILE_VALUE = __rlimit_resource_t(RLIMIT_NOFILE.rawValue)
+private let descriptorLimitResource = __rlimit_resource_t(RLIMIT_NOFILE.rawValue)

@@ -15,7 +15,8 @@ struct JSONDocumentTests {
         let result = try splice(original, "stream_options", ["x": 1, "include_usage": true])
         #expect(
             result
-                == "{ \"model\" :\t\"a\" ,\n \"stream_options\":  {\"x\":1,\"include_usage\":true} ,\"stream_options\":2 }"
+                == "{ \"model\" :\t\"a\" ,\n \"stream_options\":  {\"x\":1,\"include_usage\":true} ,"
+                    + "\"stream_options\":2 }"
         )
     }
 

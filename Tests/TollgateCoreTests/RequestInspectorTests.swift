@@ -118,7 +118,8 @@ struct RequestInspectorTests {
         #expect(request.clientWantsUsage == false)
         #expect(
             upstreamText(request)
-                == "{ \"model\": \"m\",\n  \"messages\": [{\"role\":\"user\",\"content\":\"caf\\u00e9\"}], \"stream\": true "
+                == "{ \"model\": \"m\",\n  \"messages\": [{\"role\":\"user\",\"content\":\"caf\\u00e9\"}], "
+                    + "\"stream\": true "
                 + #","stream_options":{"include_usage":true}}"#)
     }
 

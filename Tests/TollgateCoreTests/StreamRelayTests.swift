@@ -66,7 +66,8 @@ struct StreamRelayTests {
         let azureFirst = chatEvent(#"{"id":"","choices":[],"created":0,"model":"","prompt_filter_results":[]}"#)
         #expect(relay.relay(azureFirst) != nil)
         let combined = chatEvent(
-            #"{"choices":[{"index":0,"delta":{},"finish_reason":"stop"}],"usage":{"prompt_tokens":1,"completion_tokens":2}}"#
+            #"{"choices":[{"index":0,"delta":{},"finish_reason":"stop"}],"#
+                + #""usage":{"prompt_tokens":1,"completion_tokens":2}}"#
         )
         #expect(relay.relay(combined) == SSEEvent(data: Self.data(of: combined)).encoded())
         #expect(relay.usage?.totalTokens == 3)
@@ -149,7 +150,8 @@ struct StreamRelayTests {
         let nested = SSEEvent(
             event: "error",
             data:
-                #"{"type":"error","sequence_number":2,"error":{"type":"insufficient_quota","code":"insufficient_quota","#
+                #"{"type":"error","sequence_number":2,"error":{"type":"insufficient_quota","#
+                + #""code":"insufficient_quota","#
                 + #""message":"You exceeded","param":null}}"#)
         let flat = SSEEvent(
             data: #"{"type":"error","code":"server_error","message":"x","param":null,"sequence_number":3}"#)

@@ -9,11 +9,13 @@ struct PolicyTests {
         try RequestInspector.inspect(api: api, body: Array(body.utf8))
     }
 
-    @Test("model patterns match with * as a wildcard", arguments: [
-        ("gpt-4o*", "gpt-4o-mini", true), ("gpt-4o*", "gpt-4.1", false), ("*-mini", "o4-mini", true),
-        ("o3", "o3", true), ("o3", "o3-pro", false), ("gpt-*-mini", "gpt-4o-mini", true),
-        ("gpt-*-mini", "gpt-4o-nano", false), ("*", "anything", true),
-    ])
+    @Test(
+        "model patterns match with * as a wildcard",
+        arguments: [
+            ("gpt-4o*", "gpt-4o-mini", true), ("gpt-4o*", "gpt-4.1", false), ("*-mini", "o4-mini", true),
+            ("o3", "o3", true), ("o3", "o3-pro", false), ("gpt-*-mini", "gpt-4o-mini", true),
+            ("gpt-*-mini", "gpt-4o-nano", false), ("*", "anything", true),
+        ])
     func patterns(pattern: String, model: String, matches: Bool) {
         #expect(ModelPattern(pattern).matches(model) == matches)
     }
@@ -44,8 +46,10 @@ struct PolicyTests {
 
     @Test("a request naming no limit gets the cap written in, so its reservation bounds it")
     func injectsCap() throws {
-        let decision = try Policy(maxOutputTokens: 500).apply(to: Self.inspect(#"{"model":"m","input":"Hi"}"#, api: .responses))
-            .get()
+        let decision = try Policy(maxOutputTokens: 500).apply(
+            to: Self.inspect(#"{"model":"m","input":"Hi"}"#, api: .responses)
+        )
+        .get()
         let forwarded = try JSONValue(parsing: decision.body)
         #expect(forwarded["max_output_tokens"]?.intValue == 500)
         #expect(forwarded["input"]?.stringValue == "Hi")
@@ -62,7 +66,9 @@ struct PolicyTests {
     @Test("with reject configured, a request over the cap gets a 400 naming the field")
     func rejectsOverCap() throws {
         let policy = Policy(maxOutputTokens: 10, overCapAction: .reject)
-        guard case .failure(let error) = policy.apply(to: try Self.inspect(#"{"model":"m","max_tokens":11,"messages":[]}"#))
+        guard
+            case .failure(let error) = policy.apply(
+                to: try Self.inspect(#"{"model":"m","max_tokens":11,"messages":[]}"#))
         else {
             Issue.record("over-cap request was let through")
             return

@@ -38,7 +38,8 @@ struct ProxyHandlerTests {
         let settlement = harness.metering.settlements.first
         #expect(harness.metering.settlements.count == 1)
         #expect(settlement?.outcome == .completed)
-        #expect(settlement?.usage == Usage(inputTokens: 16, cachedInputTokens: 4, outputTokens: 300, reasoningTokens: 7))
+        #expect(
+            settlement?.usage == Usage(inputTokens: 16, cachedInputTokens: 4, outputTokens: 300, reasoningTokens: 7))
         #expect(settlement?.usageIsEstimated == false)
     }
 
@@ -65,7 +66,8 @@ struct ProxyHandlerTests {
         var script = ScriptedUpstream.Script()
         script.status = 429
         script.headers = [("content-type", "application/json"), ("retry-after", "2")]
-        let errorBody = #"{"error":{"message":"Slow down","type":"requests","param":null,"code":"rate_limit_exceeded"}}"#
+        let errorBody =
+            #"{"error":{"message":"Slow down","type":"requests","param":null,"code":"rate_limit_exceeded"}}"#
         script.chunks = [Array(errorBody.utf8)]
         let harness = Harness(script)
 
@@ -91,9 +93,11 @@ struct ProxyHandlerTests {
         #expect(error?["message"]?.stringValue?.isEmpty == false)
     }
 
-    @Test("upstream failures before any answer map to 502 and 504", arguments: [
-        (UpstreamFailure.unreachable, 502), (.timedOut, 504), (.stalled, 504), (.interrupted, 502),
-    ])
+    @Test(
+        "upstream failures before any answer map to 502 and 504",
+        arguments: [
+            (UpstreamFailure.unreachable, 502), (.timedOut, 504), (.stalled, 504), (.interrupted, 502),
+        ])
     func failuresBeforeHead(failure: UpstreamFailure, status: Int) {
         var script = ScriptedUpstream.Script()
         script.sendsHead = false

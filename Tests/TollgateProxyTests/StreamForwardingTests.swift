@@ -38,9 +38,10 @@ struct StreamForwardingTests {
 
         // The head is flushed alone, then one flush per relayed event: two chunks and [DONE].
         #expect(harness.client.flushedPieces.count == 4)
-        #expect(harness.client.flushedPieces.dropFirst().allSatisfy { piece in
-            String(decoding: piece, as: UTF8.self).components(separatedBy: "\n\n").count == 2
-        })
+        #expect(
+            harness.client.flushedPieces.dropFirst().allSatisfy { piece in
+                String(decoding: piece, as: UTF8.self).components(separatedBy: "\n\n").count == 2
+            })
         #expect(harness.client.header("content-type") == "text/event-stream; charset=utf-8")
         #expect(harness.client.header("cache-control") == "no-cache")
         #expect(harness.client.header("x-request-id") == "req_s")
