@@ -2,18 +2,21 @@
 
 SHELL := /bin/bash
 PORT ?= 8080
+PG_PORT ?= 5433
 SWIFT_DIRS := Sources Tests
 
 .PHONY: help deps build run test unit e2e clean distclean format lint
 
 help:
-	@echo "make run      dependencies, release build, then nginx :$(PORT) -> workers -> mock upstream"
-	@echo "              (TOLLGATE_UPSTREAM_URL and TOLLGATE_UPSTREAM_KEY point it at a real provider)"
+	@echo "make run      dependencies, release build, then PostgreSQL :$(PG_PORT) and nginx :$(PORT) -> workers"
+	@echo "              -> mock upstream; creates user demo and prints a key for it once"
+	@echo "              (TOLLGATE_UPSTREAM_URL and TOLLGATE_UPSTREAM_KEY point it at a real provider,"
+	@echo "              TOLLGATE_DATABASE_URL at your own database)"
 	@echo "make test     everything CI runs: unit tests and the end-to-end suite (scripts/test.sh)"
 	@echo "make build    release build of .build/release/tollgate"
 	@echo "make format   swift format, in place"
 	@echo "make lint     swift format lint (strict) and script checks"
-	@echo "make clean    stop leftover stacks, remove .build and .run (distclean: .venv too)"
+	@echo "make clean    stop leftover stacks and their databases, remove .build and .run (distclean: .venv too)"
 
 deps:
 	@bash scripts/deps.sh
@@ -22,7 +25,7 @@ build:
 	swift build -c release
 
 run: deps build
-	python3 scripts/stack.py run --port $(PORT)
+	python3 scripts/stack.py run --port $(PORT) --pg-port $(PG_PORT)
 
 test:
 	bash scripts/test.sh

@@ -9,7 +9,8 @@ packages=(
     libpq-dev              # usage ledger (PostgreSQL client)
     pkg-config             # SwiftPM finds the three libraries above through it
     nginx
-    postgresql
+    postgresql             # private clusters of make run, the test suites (scripts/pg.py)
+    postgresql-client      # psql, used by scripts/pg.py and the tests
     wrk                    # benchmarks
     python3
     python3-venv           # the end-to-end suite's .venv

@@ -1,15 +1,18 @@
 #!/usr/bin/env python3
-"""Runs a local Tollgate stack: mock upstream -> `tollgate serve` -> nginx.
+"""Runs a local Tollgate stack: [PostgreSQL] -> mock upstream -> `tollgate serve` -> nginx.
 
 Imported by the end-to-end tests (`Stack`) and run by `make run`:
 
-    python3 scripts/stack.py run [--port 8080] [--mock-port 8090]
+    python3 scripts/stack.py run [--port 8080] [--mock-port 8090] [--pg-port 5433]
     python3 scripts/stack.py stop [--name NAME | --all]
+    python3 scripts/stack.py db-start --name NAME --pg-port PORT [--migrate]   # prints the URL
+    python3 scripts/stack.py db-stop --name NAME
 
 Every process is started in a session of its own, so a Ctrl-C in the terminal reaches only
 this script, which then stops the stack in order: the workers first (they finish in-flight
-requests within their grace), then nginx, then the mock. Readiness is always a condition
-polled against a deadline, never a fixed sleep. Standard library only.
+requests within their grace), then nginx, then the mock, then PostgreSQL. Readiness is
+always a condition polled against a deadline, never a fixed sleep. Standard library only;
+the PostgreSQL cluster handling lives in pg.py beside this file.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import http.client
 import os
 import pwd
 import re
+import secrets
 import shlex
 import shutil
 import signal
@@ -30,11 +34,19 @@ import sys
 import tempfile
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Callable
+from typing import IO, Callable, Iterator
+
+import pg
 
 MOCK_PLATFORM_KEY = "sk-platform-mock-0000"
 """Dummy platform key given to the workers when they talk to the mock upstream."""
+
+DEMO_USER = "demo"
+DEMO_QUOTA = 100000
+DEMO_PERIOD = "day"
+"""The user `make run` creates, with its quota in tokens per period."""
 
 SOCKET_TEMPLATE_PATH = "unix:/run/tollgate/tollgate.sock"
 BASE_LOCATION_TEMPLATE = "location /v1/ {"
@@ -51,11 +63,41 @@ KILL_DEADLINE_S = 5.0
 DEFAULT_GRACE_S = 30.0
 
 PROCESSES = ("tollgate", "nginx", "mock")
-"""Pid-file names, also the stop order."""
+"""Pid-file names, also the stop order. PostgreSQL, stopped last, is found through its own
+pid file in the cluster's data directory (pg.remove_leftovers)."""
+
+AUTH_MODES = ("bearer", "header")
+
+# Header mode (auth_mode="header"): the include that tollgate.conf carries commented out, and
+# the lines of tollgate-header-auth.conf that ask the operator's auth service who the user
+# is. Stacks have no auth service: they replace those lines with a test-only include
+# (nginx/testing/tollgate-test-user.conf) that takes the user from X-Test-Trusted-User.
+HEADER_AUTH_INCLUDE_COMMENTED = "    # include tollgate-header-auth.conf;\n"
+HEADER_AUTH_INCLUDE = "    include tollgate-header-auth.conf;\n"
+HEADER_AUTH_IDENTITY = ("auth_request /__tollgate/auth;\n"
+                        "auth_request_set $tollgate_user $upstream_http_x_user;\n")
+TEST_USER_INCLUDE = "include tollgate-test-user.conf;\n"
+
+SECRET_SETTINGS = ("TOLLGATE_UPSTREAM_KEY", "TOLLGATE_SECRET")
+"""Settings whose values are never written to .run/env."""
+
+_SECRETS_BY_DATABASE: dict[str, str] = {}
+"""TOLLGATE_SECRET of each database a Stack of this process created, by URL: a stack that
+shares that database (database_url=...) uses the same secret, as two machines of one
+deployment must (BYOK keys are encrypted with it)."""
 
 
 class StackError(RuntimeError):
     """A stack could not start or stop; the message is one line meant for a person."""
+
+
+@contextmanager
+def _database_errors() -> Iterator[None]:
+    """Turns pg.PostgresError into StackError, the one error type callers of this module catch."""
+    try:
+        yield
+    except pg.PostgresError as error:
+        raise StackError(str(error)) from None
 
 
 # --- /proc helpers -------------------------------------------------------------------------
@@ -247,16 +289,29 @@ class _Process:
 
 
 class Stack:
-    """A mock upstream (optional), `tollgate serve` and nginx, wired together.
+    """A PostgreSQL cluster (optional), a mock upstream (optional), `tollgate serve` and nginx.
 
-    Files live in root/.run/<name>: tollgate.log, mock.log, nginx/ (rendered config,
-    logs/, temp/) and one pid file per process, used to clean up after a run that died.
+    Files live in root/.run/<name>: tollgate.log, mock.log, migrate.log, nginx/ (rendered
+    config, logs/, temp/) and one pid file per process, used to clean up after a run that
+    died. The cluster lives in pg/ there (or under /tmp, see pg.py); its log is kept as
+    postgres.log when the stack stops.
+
+    Database: `database=True` starts a fresh private cluster on `pg_port` (a free port when
+    None), creates the database, runs `tollgate migrate` and gives the workers
+    TOLLGATE_DATABASE_URL and TOLLGATE_SECRET (env's, else a random one per stack).
+    `database_url=OTHER.database_url` starts no cluster and, unless `migrate=True`, runs no
+    migration: the workers use that database (and that stack's secret, unless env has one).
+    `auth_mode="header"` renders nginx with tollgate-header-auth.conf (the user comes from
+    the test-only X-Test-Trusted-User header) and starts the workers with
+    TOLLGATE_AUTH_MODE=header.
     """
 
     def __init__(self, root: Path, name: str = "test", http_port: int = 18080,
                  mock_port: int | None = 18090, workers: int | None = 2, threads: int | None = 64,
                  upstream_url: str | None = None, base_path: str = "/v1",
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, database: bool = False, pg_port: int | None = None,
+                 database_url: str | None = None, migrate: bool | None = None,
+                 auth_mode: str = "bearer") -> None:
         self.root = Path(root).resolve()
         self.name = name
         self.http_port = http_port
@@ -264,6 +319,11 @@ class Stack:
         self.threads = threads
         self.base_path = _checked_base_path(base_path)
         self.env = dict(env or {})
+        if auth_mode not in AUTH_MODES:
+            raise StackError(f"auth_mode must be one of {', '.join(AUTH_MODES)}, not {auth_mode!r}")
+        if self.env.get("TOLLGATE_AUTH_MODE", auth_mode) != auth_mode:
+            raise StackError("env TOLLGATE_AUTH_MODE disagrees with auth_mode (nginx must be rendered to match)")
+        self.auth_mode = auth_mode
         self.run_dir = self.root / ".run" / name
         self.nginx_dir = self.run_dir / "nginx"
         self.binary = self.root / ".build" / "release" / "tollgate"
@@ -280,6 +340,27 @@ class Stack:
         self._processes: dict[str, _Process] = {}
         self._logs: list[IO[bytes]] = []
         self._force = threading.Event()
+        self._init_database(database, pg_port, database_url, migrate)
+
+    def _init_database(self, database: bool, pg_port: int | None, database_url: str | None,
+                       migrate: bool | None) -> None:
+        """Settles database_url, pg_port, the secret and whether this stack owns a cluster."""
+        self.pg_port: int | None = None
+        self.database_url: str | None = database_url
+        self.secret: str | None = None
+        self._cluster: pg.Cluster | None = None
+        self._database_up = False
+        if database_url is None and database:
+            self.pg_port = pg_port or pg.free_port()
+            self._cluster = pg.Cluster(self.root, self.name, self.pg_port)
+            self.database_url = self._cluster.url
+        self.migrate = self._cluster is not None if migrate is None else migrate
+        if self.database_url is None:
+            return
+        self.secret = (self.env.get("TOLLGATE_SECRET") or _SECRETS_BY_DATABASE.get(self.database_url)
+                       or secrets.token_urlsafe(32))
+        if self._cluster is not None:
+            _SECRETS_BY_DATABASE[self.database_url] = self.secret
 
     # -- public API ---------------------------------------------------------------------------
 
@@ -292,6 +373,12 @@ class Stack:
         self._prepare_dirs()
         atexit.register(self.stop)
         try:
+            if self._cluster is not None:
+                with _database_errors():
+                    self._cluster.create()
+                self._database_up = True
+            if self.database_url is not None and self.migrate:
+                self._migrate()
             if self.mock_port:
                 self._start_mock()
             self._start_serve()
@@ -301,7 +388,10 @@ class Stack:
             raise
 
     def stop(self) -> None:
-        """Stops serve (SIGTERM, waits its grace), nginx (SIGQUIT), then the mock. Idempotent."""
+        """Stops serve (SIGTERM, waits its grace), nginx (SIGQUIT), the mock, then PostgreSQL.
+
+        PostgreSQL stops in fast mode and its cluster is removed (the log is kept). Idempotent.
+        """
         serve = self._processes.pop("tollgate", None)
         if serve:
             self._stop_serve(serve)
@@ -314,6 +404,10 @@ class Stack:
         for log in self._logs:
             log.close()
         self._logs.clear()
+        if self._cluster is not None:
+            self._database_up = False
+            with _database_errors():
+                self._cluster.destroy()
 
     def supervisor_pid(self) -> int:
         """Pid of the `tollgate serve` supervisor."""
@@ -342,8 +436,8 @@ class Stack:
         return self.serve_returncode
 
     def logs(self) -> str:
-        """All log text this stack wrote (workers, mock, nginx), for secret scanning."""
-        files = [self.run_dir / "tollgate.log", self.run_dir / "mock.log"]
+        """All log text this stack wrote (workers, mock, migration, nginx, PostgreSQL), for secret scanning."""
+        files = [self.run_dir / "tollgate.log", self.run_dir / "mock.log", self.run_dir / "migrate.log"]
         files += sorted((self.nginx_dir / "logs").glob("*.log"))
         files += sorted((self.nginx_dir / "logs").glob("*.out"))
         parts = []
@@ -351,7 +445,77 @@ class Stack:
             if path.is_file():
                 parts.append(f"==> {path.relative_to(self.run_dir)} <==\n")
                 parts.append(path.read_text(errors="replace"))
+        if self._cluster is not None:
+            parts.append("==> postgres.log <==\n")
+            parts.append(self.pg_log())
         return "".join(parts)
+
+    # -- database -------------------------------------------------------------------------------
+
+    def psql(self, sql: str) -> list[tuple[str | None, ...]]:
+        """Runs `sql` on the stack's database as the superuser; rows of the last statement.
+
+        Fields are text, NULL is None (see pg.psql). Raises StackError when a statement fails.
+        """
+        with _database_errors():
+            return pg.psql(self._require_database(), sql)
+
+    def tollgate(self, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
+        """Runs `tollgate ARGS` (e.g. "user", "add", "alice") with the workers' environment.
+
+        That environment holds TOLLGATE_DATABASE_URL and TOLLGATE_SECRET. `input` goes to its
+        standard input (for `byok set`); stdout and stderr are captured as text, never logged.
+        Blocks until the command exits (at most two minutes).
+        """
+        return subprocess.run([str(self.binary), *args], input=input, capture_output=True, text=True,
+                              env=self._serve_env(), cwd=self.root, timeout=120)
+
+    def stop_database(self) -> None:
+        """Stops this stack's PostgreSQL (fast mode), keeping its data: for outage tests."""
+        cluster = self._owned_cluster()
+        self._database_up = False
+        with _database_errors():
+            cluster.stop()
+
+    def start_database(self) -> None:
+        """Starts the cluster stop_database() stopped: same port, same data. Returns when it accepts connections."""
+        cluster = self._owned_cluster()
+        with _database_errors():
+            cluster.start()
+        self._database_up = True
+
+    def pg_log(self) -> str:
+        """The PostgreSQL server log of this stack's cluster ("" without one)."""
+        return self._cluster.log_text() if self._cluster is not None else ""
+
+    def pg_log_path(self) -> Path | None:
+        """Where the server log is written while the cluster runs (None without a cluster)."""
+        return self._cluster.log_path if self._cluster is not None else None
+
+    def owns_database(self) -> bool:
+        """True when this stack started (and will remove) its own PostgreSQL cluster."""
+        return self._cluster is not None
+
+    def _require_database(self) -> str:
+        if self.database_url is None:
+            raise StackError(f"stack {self.name} has no database (Stack(database=True) or database_url=...)")
+        return self.database_url
+
+    def _owned_cluster(self) -> pg.Cluster:
+        if self._cluster is None:
+            raise StackError(f"stack {self.name} runs no PostgreSQL of its own (database=True starts one)")
+        return self._cluster
+
+    def _migrate(self) -> None:
+        """`tollgate migrate` against the stack's database; its output goes to migrate.log."""
+        try:
+            done = self.tollgate("migrate")
+        except (OSError, subprocess.TimeoutExpired) as error:
+            raise StackError(f"tollgate migrate could not run: {error}") from None
+        log = self.run_dir / "migrate.log"
+        log.write_text(done.stdout + done.stderr)
+        if done.returncode != 0:
+            raise StackError(f"tollgate migrate failed with status {done.returncode}; log {log}: {_tail(log)}")
 
     def __enter__(self) -> Stack:
         self.start()
@@ -369,6 +533,7 @@ class Stack:
             except StackError:
                 raise StackError(f"port {port} on 127.0.0.1 is taken by a program outside this stack") from None
         shutil.rmtree(self.nginx_dir, ignore_errors=True)
+        (self.run_dir / "migrate.log").unlink(missing_ok=True)
         for sub in ("logs", "temp"):
             (self.nginx_dir / sub).mkdir(parents=True, exist_ok=True)
         self.socket_path.parent.mkdir(parents=True, exist_ok=True)
@@ -409,6 +574,11 @@ class Stack:
                 env["TOLLGATE_UPSTREAM_KEY"] = MOCK_PLATFORM_KEY
             elif inherited:
                 env["TOLLGATE_UPSTREAM_KEY"] = inherited
+        if self.database_url is not None and self.secret is not None:
+            env["TOLLGATE_DATABASE_URL"] = self.database_url
+            env["TOLLGATE_SECRET"] = self.secret
+        if self.auth_mode == "header":
+            env["TOLLGATE_AUTH_MODE"] = "header"
         return env
 
     def serve_command(self) -> list[str]:
@@ -441,8 +611,13 @@ class Stack:
         shutil.copyfile(source / "tollgate-cors.conf", self.nginx_dir / "tollgate-cors.conf")
         _render(source / "tollgate-upstream.conf", self.nginx_dir / "tollgate-upstream.conf",
                 {SOCKET_TEMPLATE_PATH: f"unix:{self.socket_path}"})
-        _render(source / "tollgate.conf", self.nginx_dir / "tollgate.conf",
-                {BASE_LOCATION_TEMPLATE: f"location {self.base_path}/ {{"})
+        location = {BASE_LOCATION_TEMPLATE: f"location {self.base_path}/ {{"}
+        if self.auth_mode == "header":
+            location[HEADER_AUTH_INCLUDE_COMMENTED] = HEADER_AUTH_INCLUDE
+            _render(source / "tollgate-header-auth.conf", self.nginx_dir / "tollgate-header-auth.conf",
+                    {HEADER_AUTH_IDENTITY: TEST_USER_INCLUDE})
+            shutil.copyfile(source / "testing" / "tollgate-test-user.conf", self.nginx_dir / "tollgate-test-user.conf")
+        _render(source / "tollgate.conf", self.nginx_dir / "tollgate.conf", location)
 
         values = {"@PREFIX@": str(self.nginx_dir), "@PORT@": str(self.http_port),
                   "@SOCKET@": str(self.socket_path), "@USER@": pwd.getpwuid(os.geteuid()).pw_name,
@@ -507,6 +682,8 @@ class Stack:
         for process in self._processes.values():
             if process.popen.poll() is not None:
                 return f"{process.name} exited with status {process.popen.returncode}; log {process.log}"
+        if self._cluster is not None and self._database_up and not self._cluster.running():
+            return f"postgres exited; log {self._cluster.log_path}"
         return None
 
     def force_stop(self) -> None:
@@ -553,7 +730,8 @@ def stop_leftovers(run_dir: Path) -> list[str]:
     A pid file holds "PID START_TIME". The recorded process is ended (with its process group)
     only while both still match, so a reused pid is left alone. If it is gone, members of its
     group still running (workers whose supervisor died) are killed when they run in the
-    stack's directory with the expected command. Returns the names that were ended.
+    stack's directory with the expected command. A PostgreSQL cluster of this stack name is
+    ended and removed too (pg.remove_leftovers). Returns the names that were ended.
     """
     root = run_dir.parent.parent
     owners = {"tollgate": (root, "tollgate"), "nginx": (run_dir / "nginx", "nginx"),
@@ -575,6 +753,8 @@ def stop_leftovers(run_dir: Path) -> list[str]:
             _wait_gone(orphans, KILL_DEADLINE_S)
             ended += [name] if orphans else []
         pid_file.unlink(missing_ok=True)
+    if pg.remove_leftovers(root, run_dir.name):
+        ended.append("postgres")
     return ended
 
 
@@ -589,11 +769,19 @@ def _env_file_text(stack: Stack, env: dict[str, str]) -> str:
         settings["TOLLGATE_WORKERS"] = str(stack.workers)
     if stack.threads is not None:
         settings["TOLLGATE_THREADS"] = str(stack.threads)
-    settings.update({k: v for k, v in env.items() if k != "TOLLGATE_UPSTREAM_KEY"})
+    settings.update({k: v for k, v in env.items() if k not in SECRET_SETTINGS})
+    if stack.database_url is not None:
+        settings["TOLLGATE_DATABASE_URL"] = stack.database_url
+    settings = {key: redact_password(value) if key.endswith("DATABASE_URL") else value
+                for key, value in settings.items()}
 
-    lines = ["# Settings of the stack `make run` started (scripts/stack.py). Key values are never written.",
+    lines = ["# Settings of the stack `make run` started (scripts/stack.py). Key values, secrets and",
+             "# database passwords are never written.",
              f"# Base URL: {stack.base_url}"]
     lines += [f"{key}={shlex.quote(value)}" for key, value in sorted(settings.items())]
+    if stack.secret is not None:
+        origin = "from the environment" if "TOLLGATE_SECRET" in env else "generated for this run"
+        lines.append(f"# TOLLGATE_SECRET=<set> ({origin}; value not written here)")
     if stack.threads is None:
         lines.append("# TOLLGATE_THREADS is not set: the binary's default applies.")
     if stack.mock_port:
@@ -606,6 +794,39 @@ def _env_file_text(stack: Stack, env: dict[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def redact_password(url: str) -> str:
+    """A libpq conninfo or URI with any password replaced by <set>."""
+    url = re.sub(r"(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s&]+)", r"\1<set>", url)
+    return re.sub(r"^(postgres(?:ql)?://[^:/@\s]*:)[^@\s]*@", r"\1<set>@", url)
+
+
+def _demo_key(stack: Stack) -> str:
+    """Creates the demo user (if missing) with its quota and issues a key; returns the key.
+
+    The key is printed once by the caller and never written to a file or a log.
+    """
+    added = stack.tollgate("user", "add", DEMO_USER, "--quota", str(DEMO_QUOTA), "--period", DEMO_PERIOD)
+    if added.returncode != 0:
+        problem = _first_line(added.stderr) or f"exit status {added.returncode}"
+        if stack.owns_database():
+            raise StackError(f"tollgate user add {DEMO_USER} failed: {problem}")
+        # A database given through TOLLGATE_DATABASE_URL may hold the user from an earlier run.
+        print(f"note: tollgate user add {DEMO_USER}: {problem} (keeping the existing user)", file=sys.stderr)
+
+    issued = stack.tollgate("key", "issue", DEMO_USER)
+    if issued.returncode != 0:
+        problem = _first_line(issued.stderr) or f"exit status {issued.returncode}"
+        raise StackError(f"tollgate key issue {DEMO_USER} failed: {problem}")
+    for line in issued.stdout.splitlines():
+        if line.startswith("tg-"):
+            return line.split()[0]
+    raise StackError(f"tollgate key issue {DEMO_USER} printed no line starting with tg-")
+
+
+def _first_line(text: str) -> str:
+    return next((line.strip() for line in text.splitlines() if line.strip()), "")
+
+
 def _run(args: argparse.Namespace, root: Path) -> int:
     env = {k: v for k, v in os.environ.items() if k.startswith("TOLLGATE_")}
     upstream_url = env.pop("TOLLGATE_UPSTREAM_URL", None) or None
@@ -616,10 +837,13 @@ def _run(args: argparse.Namespace, root: Path) -> int:
     threads_text = env.pop("TOLLGATE_THREADS", "")
     base_path = env.pop("TOLLGATE_BASE_PATH", "") or "/v1"
     env.pop("TOLLGATE_SOCKET", None)
+    # A database of the caller's (still migrated), else a private cluster on --pg-port.
+    database_url = env.pop("TOLLGATE_DATABASE_URL", "") or None
 
     stack = Stack(root, name="run", http_port=args.port, mock_port=args.mock_port, workers=workers,
                   threads=int(threads_text) if threads_text else None, upstream_url=upstream_url,
-                  base_path=base_path, env=env)
+                  base_path=base_path, env=env, database=True, pg_port=args.pg_port, database_url=database_url,
+                  migrate=True)
     stopping = threading.Event()
     signals_seen = []
 
@@ -633,16 +857,32 @@ def _run(args: argparse.Namespace, root: Path) -> int:
         signal.signal(sig, on_signal)
 
     stack.start()
+    try:
+        key = _demo_key(stack)
+    except BaseException:
+        stack.stop()
+        raise
     env_file = root / ".run" / "env"
     env_file.write_text(_env_file_text(stack, env))
     upstream_note = " (mock)" if stack.mock_port else ""
+    database_note = (f"private PostgreSQL on :{stack.pg_port}, removed on exit" if stack.owns_database()
+                     else "from TOLLGATE_DATABASE_URL")
     print(f"Tollgate is running: nginx :{args.port} -> tollgate serve -> {stack.upstream_url}{upstream_note}")
     print(f"  base URL   {stack.base_url}")
-    print(f"  logs       {stack.run_dir.relative_to(root)}/ (tollgate.log, mock.log, nginx/logs/)")
+    print(f"  database   {redact_password(stack.database_url or '')} ({database_note})")
+    print(f"  logs       {stack.run_dir.relative_to(root)}/ (tollgate.log, mock.log, migrate.log, nginx/logs/)")
+    if stack.owns_database():
+        print(f"             PostgreSQL: {stack.pg_log_path()}")
     print(f"  settings   {env_file.relative_to(root)}")
+    if "TOLLGATE_SECRET" not in env and not stack.owns_database():
+        print("note: TOLLGATE_SECRET is not set: a random one is used for this run, so BYOK keys stored "
+              "under another secret cannot be read.", file=sys.stderr)
+    print(f"Demo user {DEMO_USER!r}, quota {DEMO_QUOTA} tokens a {DEMO_PERIOD}. Its key, shown only this once:")
+    print(f"  KEY={key}")
     print("Try a streamed chat completion:")
     body = '{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"Hi"}]}'
-    print(f"  curl -N {stack.base_url}/chat/completions -H 'Content-Type: application/json' -d '{body}'")
+    print(f"  curl -N {stack.base_url}/chat/completions -H \"Authorization: Bearer $KEY\" "
+          f"-H 'Content-Type: application/json' -d '{body}'")
     print("Ctrl-C stops everything (a second Ctrl-C skips the workers' grace).", flush=True)
 
     exit_code = 0
@@ -656,6 +896,37 @@ def _run(args: argparse.Namespace, root: Path) -> int:
     stack.stop()
     print("Stopped.")
     return exit_code
+
+
+def _db_start(args: argparse.Namespace, root: Path) -> int:
+    """Creates a fresh cluster for `--name` and prints its URL (the only line on stdout).
+
+    The cluster keeps running after this script exits; `db-stop` (or `stop --all`) ends it.
+    """
+    cluster = pg.Cluster(root, args.name, args.pg_port)
+    cluster.create()
+    if args.migrate:
+        binary = root / ".build" / "release" / "tollgate"
+        env = {**{k: v for k, v in os.environ.items() if not k.startswith("TOLLGATE_")},
+               "TOLLGATE_DATABASE_URL": cluster.url}
+        done = subprocess.run([str(binary), "migrate"], env=env, cwd=root, capture_output=True, text=True,
+                              timeout=120)
+        if done.returncode != 0:
+            cluster.destroy()
+            raise StackError(f"tollgate migrate failed with status {done.returncode}: {_first_line(done.stderr)}")
+    print(f"database {args.name}: PostgreSQL on 127.0.0.1:{args.pg_port}, data in {cluster.data_dir}", file=sys.stderr)
+    print(cluster.url, flush=True)
+    return 0
+
+
+def _db_stop(args: argparse.Namespace, root: Path) -> int:
+    """Stops the cluster of `--name` (fast mode) and removes it; its log stays in .run/NAME/."""
+    cluster = pg.Cluster.attach(root, args.name)
+    if cluster is not None:
+        cluster.destroy()
+        print(f"database {args.name}: stopped and removed", file=sys.stderr)
+    pg.remove_leftovers(root, args.name)
+    return 0
 
 
 def _stop(args: argparse.Namespace, root: Path) -> int:
@@ -674,15 +945,24 @@ def main(argv: list[str]) -> int:
     run = commands.add_parser("run", help="start mock (unless TOLLGATE_UPSTREAM_URL), workers and nginx")
     run.add_argument("--port", type=int, default=8080, help="nginx port on 127.0.0.1 (default 8080)")
     run.add_argument("--mock-port", type=int, default=8090, help="mock upstream port (default 8090)")
+    run.add_argument("--pg-port", type=int, default=5433,
+                     help="port of the private PostgreSQL (default 5433; unused with TOLLGATE_DATABASE_URL)")
     stop = commands.add_parser("stop", help="end what a stack left running (by its pid files)")
     stop.add_argument("--name", default="run", help="stack name (default run)")
     stop.add_argument("--all", action="store_true", help="every stack under .run/")
+    db_start = commands.add_parser("db-start", help="start a private PostgreSQL for NAME and print its URL")
+    db_start.add_argument("--name", required=True, help="owner name (its files go to .run/NAME/)")
+    db_start.add_argument("--pg-port", type=int, required=True, help="port on 127.0.0.1")
+    db_start.add_argument("--migrate", action="store_true", help="also run `tollgate migrate` on it")
+    db_stop = commands.add_parser("db-stop", help="stop and remove the PostgreSQL db-start made for NAME")
+    db_stop.add_argument("--name", required=True, help="owner name given to db-start")
     args = parser.parse_args(argv)
 
     root = Path(__file__).resolve().parent.parent
+    handlers = {"run": _run, "stop": _stop, "db-start": _db_start, "db-stop": _db_stop}
     try:
-        return _run(args, root) if args.command == "run" else _stop(args, root)
-    except (StackError, ValueError) as error:
+        return handlers[args.command](args, root)
+    except (StackError, pg.PostgresError, ValueError) as error:
         print(f"stack: {error}", file=sys.stderr)
         return 1
 

@@ -2,6 +2,10 @@
 # Full test run, as CI does it (.ci/run → make test): dependencies, the Python venv, the
 # release build, Swift unit tests, then the end-to-end suite (which starts its own stacks
 # through scripts/stack.py). Exits non-zero if any step fails; the last line sums up.
+#
+# The store's integration tests (Tests/TollgateStoreTests) need PostgreSQL: unless
+# TOLLGATE_TEST_DATABASE_URL is already set, a private cluster (stack name "unit", port
+# TOLLGATE_TEST_PG_PORT or 55440) is started for `swift test` and removed right after it.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -9,7 +13,7 @@ started=$SECONDS
 logs=.run/test
 mkdir -p "$logs"
 
-# A suite that dies half-way must not leave nginx, workers or mocks running.
+# A suite that dies half-way must not leave nginx, workers, mocks or PostgreSQL running.
 trap 'python3 scripts/stack.py stop --all >/dev/null 2>&1 || true' EXIT
 
 failed_at() {
@@ -24,9 +28,25 @@ bash scripts/venv.sh || failed_at "python venv (scripts/venv.sh)"
 echo "==> release build"
 swift build -c release || failed_at "release build"
 
+echo "==> test database (PostgreSQL for the store's integration tests)"
+own_database=0
+if [[ -n ${TOLLGATE_TEST_DATABASE_URL:-} ]]; then
+    # Never echoed: a caller's URL may carry a password.
+    echo "using TOLLGATE_TEST_DATABASE_URL from the environment"
+    test_database_url=$TOLLGATE_TEST_DATABASE_URL
+else
+    test_database_url=$(python3 scripts/stack.py db-start --name unit --pg-port "${TOLLGATE_TEST_PG_PORT:-55440}") \
+        || failed_at "test database (scripts/stack.py db-start)"
+    own_database=1
+    echo "TOLLGATE_TEST_DATABASE_URL=$test_database_url"
+fi
+
 echo "==> unit tests (swift test)"
 unit=0
-swift test 2>&1 | tee "$logs/unit.log" || unit=$?
+TOLLGATE_TEST_DATABASE_URL=$test_database_url swift test 2>&1 | tee "$logs/unit.log" || unit=$?
+if (( own_database )); then
+    python3 scripts/stack.py db-stop --name unit || echo "test.sh: db-stop failed; the exit trap stops the database"
+fi
 
 echo "==> end-to-end tests (pytest Tests/e2e)"
 e2e=0

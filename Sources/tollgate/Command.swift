@@ -1,4 +1,5 @@
 import TollgateProxy
+import TollgateStore
 
 #if canImport(Glibc)
     import Glibc
@@ -13,12 +14,14 @@ enum Command {
         commands:
           serve      run the FastCGI worker pool behind nginx (tollgate serve --help)
           help       show this text
+        \(AdminCommand.summary)
 
         """
 
     static func run(_ arguments: [String]) -> Int32 {
         let command = arguments.dropFirst().first ?? "help"
         let rest = Array(arguments.dropFirst(2))
+        if let status = AdminCommand.run(command, rest) { return status }
         switch command {
         case "serve":
             if rest.contains("--help") || rest.contains("-h") { return printOut(ServeSettings.usage) }
@@ -37,9 +40,10 @@ enum Command {
             let settings = try ServeSettings.resolve(arguments: arguments, environment: ProcessEnvironment.current())
             Log.minimumLevel = settings.logLevel
             let socket = try ListeningSocket.open(settings.socket, mode: settings.socketMode)
-            return Supervisor(settings: settings, socket: socket).run()
+            let registry = try StoreMaintenance.fromEnvironment(ProcessEnvironment.current())
+            return Supervisor(settings: settings, socket: socket, registry: registry).run()
         } catch {
-            return fail(error.description)
+            return fail(String(describing: error))
         }
     }
 
@@ -65,3 +69,5 @@ enum Command {
         return 2
     }
 }
+
+extension StoreMaintenance: WorkerRegistry {}

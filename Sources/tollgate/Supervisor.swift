@@ -13,18 +13,28 @@ final class Supervisor {
     let settings: ServeSettings
     let socket: ListeningSocket
     let signals = SignalSet([SIGTERM, SIGINT, SIGHUP, SIGCHLD])
+    /// Reaches the metering store, when there is one.
+    let registry: (any WorkerRegistry)?
     /// Worker pid per slot; 0 while a slot waits to be refilled.
     private var slots: [pid_t]
     private var lastStart: [ContinuousClock.Instant]
+    /// The id of the worker in each slot, unique across restarts and machines.
+    private var workerIDs: [String]
+    private var generation = 0
+    /// Workers that exited and whose reservations are not yet released (the store may be down).
+    private var unreleased: [String] = []
+    private var nextMaintenance = ContinuousClock.now
     private var stopping = false
     /// When workers still running after SIGTERM are killed: grace plus a margin.
     private var killDeadline: ContinuousClock.Instant?
 
-    init(settings: ServeSettings, socket: ListeningSocket) {
+    init(settings: ServeSettings, socket: ListeningSocket, registry: (any WorkerRegistry)?) {
         self.settings = settings
         self.socket = socket
+        self.registry = registry
         self.slots = Array(repeating: 0, count: settings.workers)
         self.lastStart = Array(repeating: .now, count: settings.workers)
+        self.workerIDs = Array(repeating: "", count: settings.workers)
     }
 
     /// Runs until the pool has stopped; returns the process exit status.
@@ -41,13 +51,16 @@ final class Supervisor {
             let signal = signals.wait(milliseconds: 250)
             if signal == SIGTERM || signal == SIGINT { beginStop(signal: signal ?? SIGTERM) }
             reapWorkers()
+            releaseExitedWorkers()
             if !stopping { refillSlots() }
+            if !stopping && ContinuousClock.now >= nextMaintenance { maintain() }
             if let deadline = killDeadline, ContinuousClock.now >= deadline {
                 // A worker that outlives its grace by this much is stuck; end it.
                 for pid in slots where pid > 0 { kill(pid, SIGKILL) }
                 killDeadline = nil
             }
         }
+        releaseExitedWorkers()
         Log.info("serve.stopped")
         return 0
     }
@@ -68,11 +81,40 @@ final class Supervisor {
             guard pid > 0 else { return }
             guard let slot = slots.firstIndex(of: pid) else { continue }
             slots[slot] = 0
+            unreleased.append(workerIDs[slot])
             let level: LogLevel = stopping ? .info : .warning
             Log.write(
                 level, "worker.exited", [(.worker, String(slot)), (.pid, String(pid)), (.exitStatus, describe(status))])
         }
     }
+
+    /// Frees the reservations of exited workers; what fails is retried on the next turn.
+    private func releaseExitedWorkers() {
+        guard let registry, !unreleased.isEmpty else { return }
+        do {
+            while let workerID = unreleased.first {
+                try registry.releaseWorker(workerID)
+                unreleased.removeFirst()
+            }
+        } catch {
+            Log.warning("worker.release_failed", [(.detail, String(describing: error))])
+        }
+    }
+
+    /// Heartbeats this machine's workers and releases the reservations of any machine's workers
+    /// that stopped beating, so a dead machine's reservations do not hold quota forever.
+    private func maintain() {
+        nextMaintenance = ContinuousClock.now + Self.heartbeatInterval
+        guard let registry else { return }
+        do {
+            try registry.heartbeat(zip(slots, workerIDs).filter { $0.0 > 0 }.map(\.1))
+            try registry.sweepStaleWorkers(olderThan: Self.heartbeatInterval * 6)
+        } catch {
+            Log.warning("worker.heartbeat_failed", [(.detail, String(describing: error))])
+        }
+    }
+
+    static let heartbeatInterval = Duration.seconds(10)
 
     private func refillSlots() {
         for slot in slots.indices where slots[slot] == 0 {
@@ -84,9 +126,12 @@ final class Supervisor {
 
     private func spawn(_ slot: Int) {
         lastStart[slot] = .now
+        generation += 1
+        workerIDs[slot] = "\(Self.hostName)/\(getpid())/\(slot)/\(generation)"
         var environment = ProcessEnvironment.current()
         for (name, value) in settings.environment { environment[name] = value }
         environment["TOLLGATE_WORKER_INDEX"] = String(slot)
+        environment["TOLLGATE_WORKER_ID"] = workerIDs[slot]
         environment["TOLLGATE_LISTEN_FD"] = String(WorkerProcess.listenDescriptor)
         guard
             let pid = ProcessSpawner.spawn(
@@ -98,6 +143,12 @@ final class Supervisor {
         }
         slots[slot] = pid
         Log.info("worker.started", [(.worker, String(slot)), (.pid, String(pid))])
+    }
+
+    static var hostName: String {
+        var buffer = [CChar](repeating: 0, count: 256)
+        guard gethostname(&buffer, buffer.count - 1) == 0 else { return "localhost" }
+        return String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 
     private func describe(_ status: Int32) -> String {

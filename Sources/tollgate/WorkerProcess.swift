@@ -2,6 +2,7 @@ import CCurl
 import TollgateCore
 import TollgateFastCGI
 import TollgateProxy
+import TollgateStore
 import TollgateUpstream
 
 #if canImport(Glibc)
@@ -27,8 +28,9 @@ enum WorkerProcess {
         let upstreamSettings = UpstreamSettings(
             baseURL: settings.upstreamURL, connectTimeout: settings.connectTimeout,
             responseTimeout: settings.upstreamTimeout, idleTimeout: settings.upstreamIdleTimeout)
+        guard let metering = makeMetering(settings: settings, index: index) else { return 1 }
         let service = ProxyService(
-            router: Router(basePath: settings.basePath), metering: LogOnlyMetering(platformKey: settings.upstreamKey),
+            router: Router(basePath: settings.basePath), metering: metering,
             policy: settings.policy,
             makeUpstream: { CurlUpstream(settings: upstreamSettings) })
         let server = FastCGIServer(
@@ -53,6 +55,26 @@ enum WorkerProcess {
         let left = server.stop(grace: settings.grace)
         Log.write(left == 0 ? .info : .warning, "worker.stopped", [(.worker, index), (.inFlight, String(left))])
         return 0
+    }
+
+    /// PostgreSQL metering when TOLLGATE_DATABASE_URL is set, otherwise metering off (usage is
+    /// only logged). Nil when the metering settings are invalid.
+    private static func makeMetering(settings: ServeSettings, index: String) -> (any Metering)? {
+        do {
+            let environment = ProcessEnvironment.current()
+            guard let store = try PostgresMetering.fromEnvironment(environment, platformKey: settings.upstreamKey)
+            else { return LogOnlyMetering(platformKey: settings.upstreamKey) }
+            do {
+                try store.verify()
+            } catch {
+                // The database may come back; admissions answer 503 until then.
+                Log.warning("worker.metering_unverified", [(.worker, index), (.detail, error.description)])
+            }
+            return store
+        } catch {
+            Log.error("worker.metering_failed", [(.worker, index), (.detail, error.description)])
+            return nil
+        }
     }
 
     /// Each stream holds a FastCGI and an upstream connection: allow as many as the system does.
