@@ -1,4 +1,5 @@
 import TollgateProxy
+import TollgateStore
 
 /// A setting that stops start-up, with the one line that names it.
 struct SettingsError: Error, CustomStringConvertible {
@@ -71,6 +72,6 @@ extension ServeSettings {
             text += "  \(flag)\(String(repeating: " ", count: max(1, 24 - flag.count)))\(setting.help)\n"
             text += "  \(String(repeating: " ", count: 24))[\(setting.environmentName)]\n"
         }
-        return text
+        return text + "\nmetering (environment only):\n" + MeteringSettings.help
     }
 }
