@@ -326,7 +326,7 @@ class Stack:
         self.auth_mode = auth_mode
         self.run_dir = self.root / ".run" / name
         self.nginx_dir = self.run_dir / "nginx"
-        self.binary = self.root / ".build" / "release" / "tollgate"
+        self.binary = tollgate_binary(self.root)
         self.socket_path = _socket_path(self.run_dir)
         self.base_url = f"http://127.0.0.1:{http_port}{self.base_path}"
 
@@ -579,6 +579,7 @@ class Stack:
             env["TOLLGATE_SECRET"] = self.secret
         if self.auth_mode == "header":
             env["TOLLGATE_AUTH_MODE"] = "header"
+        env.setdefault("TOLLGATE_JOURNAL_DIR", str(self.run_dir / "journal"))
         return env
 
     def serve_command(self) -> list[str]:
@@ -898,6 +899,12 @@ def _run(args: argparse.Namespace, root: Path) -> int:
     return exit_code
 
 
+def tollgate_binary(root: Path) -> Path:
+    """The worker binary: TOLLGATE_BINARY when set (sanitizer builds), else the release build."""
+    override = os.environ.get("TOLLGATE_BINARY")
+    return Path(override) if override else root / ".build" / "release" / "tollgate"
+
+
 def _db_start(args: argparse.Namespace, root: Path) -> int:
     """Creates a fresh cluster for `--name` and prints its URL (the only line on stdout).
 
@@ -906,7 +913,7 @@ def _db_start(args: argparse.Namespace, root: Path) -> int:
     cluster = pg.Cluster(root, args.name, args.pg_port)
     cluster.create()
     if args.migrate:
-        binary = root / ".build" / "release" / "tollgate"
+        binary = tollgate_binary(root)
         env = {**{k: v for k, v in os.environ.items() if not k.startswith("TOLLGATE_")},
                "TOLLGATE_DATABASE_URL": cluster.url}
         done = subprocess.run([str(binary), "migrate"], env=env, cwd=root, capture_output=True, text=True,
