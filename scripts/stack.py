@@ -533,6 +533,9 @@ class Stack:
             except StackError:
                 raise StackError(f"port {port} on 127.0.0.1 is taken by a program outside this stack") from None
         shutil.rmtree(self.nginx_dir, ignore_errors=True)
+        if self._cluster is not None:
+            # An old journal belongs to an old database.
+            shutil.rmtree(self.run_dir / "journal", ignore_errors=True)
         (self.run_dir / "migrate.log").unlink(missing_ok=True)
         for sub in ("logs", "temp"):
             (self.nginx_dir / sub).mkdir(parents=True, exist_ok=True)
@@ -580,6 +583,9 @@ class Stack:
         if self.auth_mode == "header":
             env["TOLLGATE_AUTH_MODE"] = "header"
         env.setdefault("TOLLGATE_JOURNAL_DIR", str(self.run_dir / "journal"))
+        if os.environ.get("TOLLGATE_BINARY"):
+            # A binary built elsewhere would not find sql/ beside itself.
+            env.setdefault("TOLLGATE_SQL_DIR", str(self.root / "sql"))
         return env
 
     def serve_command(self) -> list[str]:

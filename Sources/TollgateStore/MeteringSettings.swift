@@ -19,6 +19,17 @@ public struct MeteringSettings: Sendable {
     public var workerID = WorkerIdentity.current()
     /// The upstream key of requests that are not BYOK.
     public var platformKey: String
+    /// Where settlements the database cannot take wait for it (TOLLGATE_JOURNAL_DIR, default
+    /// `SettlementJournal.defaultDirectory`); nil: no journal, such settlements are only logged.
+    public var journalDirectory: String?
+    /// Admission while the database is down (TOLLGATE_OUTAGE_POLICY).
+    public var outagePolicy = OutagePolicy.Mode.refuse
+    /// Tokens per user that one worker admits during one outage under `allow`
+    /// (TOLLGATE_OUTAGE_ALLOWANCE).
+    public var outageAllowance = 10_000
+    /// How long a successful authentication vouches for a caller during an outage under `allow`
+    /// (TOLLGATE_OUTAGE_IDENTITY_TTL, seconds); also how long a revoked key may still be used then.
+    public var outageIdentityLifetime = Duration.seconds(600)
 
     public init(databaseURL: String, platformKey: String) {
         self.databaseURL = databaseURL
@@ -53,7 +64,31 @@ public struct MeteringSettings: Sendable {
         if let secret = environment["TOLLGATE_SECRET"], !secret.isEmpty {
             settings.secret = secret
         }
+        try settings.resolveOutage(environment: environment)
         return settings
+    }
+
+    private mutating func resolveOutage(environment: [String: String]) throws(StoreError) {
+        let directory = environment["TOLLGATE_JOURNAL_DIR"] ?? ""
+        journalDirectory = directory.isEmpty ? SettlementJournal.defaultDirectory(environment: environment) : directory
+        if let text = environment["TOLLGATE_OUTAGE_POLICY"] {
+            guard let mode = OutagePolicy.Mode(rawValue: text) else {
+                throw Self.invalid("TOLLGATE_OUTAGE_POLICY", text)
+            }
+            outagePolicy = mode
+        }
+        if let text = environment["TOLLGATE_OUTAGE_ALLOWANCE"] {
+            guard let tokens = Int(text), (0...1_000_000_000_000).contains(tokens) else {
+                throw Self.invalid("TOLLGATE_OUTAGE_ALLOWANCE", text)
+            }
+            outageAllowance = tokens
+        }
+        if let text = environment["TOLLGATE_OUTAGE_IDENTITY_TTL"] {
+            guard let seconds = Int(text), (1...86_400).contains(seconds) else {
+                throw Self.invalid("TOLLGATE_OUTAGE_IDENTITY_TTL", text)
+            }
+            outageIdentityLifetime = .seconds(seconds)
+        }
     }
 
     /// The variables, for `--help` texts.
@@ -64,6 +99,14 @@ public struct MeteringSettings: Sendable {
         TOLLGATE_AUTH_MODE         bearer (Tollgate API keys) or header (user named by nginx) (bearer)
         TOLLGATE_USER_HEADER       the identity header of header mode (x-tollgate-user)
         TOLLGATE_SECRET            decrypts BYOK keys; required as soon as a user has one
+        TOLLGATE_JOURNAL_DIR       where settlements wait while the database is down; one directory per
+                                   database (/var/lib/tollgate/journal if /var/lib/tollgate is writable,
+                                   else $TMPDIR/tollgate-journal)
+        TOLLGATE_OUTAGE_POLICY     admission while the database is down: refuse (503) or allow (callers
+                                   this worker authenticated lately, within an allowance) (refuse)
+        TOLLGATE_OUTAGE_ALLOWANCE  tokens per user and worker admitted during one outage under allow (10000)
+        TOLLGATE_OUTAGE_IDENTITY_TTL  seconds a successful authentication vouches for a caller during an
+                                   outage under allow; a key revoked meanwhile works that long (600)
 
         """
 

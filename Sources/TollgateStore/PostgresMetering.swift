@@ -7,22 +7,72 @@ import TollgateProxy
 /// Admission and settlement are one round trip each (`tollgate.admit`, `tollgate.settle`, see
 /// sql/002_functions.sql) on a connection borrowed from a small pool, so they block the calling
 /// request thread for about a millisecond. Shared by all request threads of a worker.
+///
+/// While the database is unavailable, settlements go to the `SettlementJournal` (synced before
+/// `settle` returns) and a background thread replays them once it is back; admission follows the
+/// `OutagePolicy` (TOLLGATE_OUTAGE_POLICY: refuse, or allow known callers within an allowance).
 public final class PostgresMetering: Metering {
     public let settings: MeteringSettings
     let pool: ConnectionPool
+    /// Where settlements wait while the database is down; nil: they are only logged.
+    public let journal: SettlementJournal?
+    /// Replays `journal` in the background once `startReplaying` is called.
+    public let replayer: SettlementJournalReplayer?
+    let outage: OutagePolicy
 
-    public init(settings: MeteringSettings) {
+    public init(settings: MeteringSettings, journal: SettlementJournal? = nil) {
         self.settings = settings
-        self.pool = ConnectionPool(
+        let pool = ConnectionPool(
             conninfo: settings.databaseURL, size: settings.poolSize, waitLimit: settings.timeout,
             statementTimeout: settings.timeout)
+        self.pool = pool
+        self.journal = journal
+        self.replayer = journal.map { journal in
+            SettlementJournalReplayer(journal: journal) { settlement throws(StoreError) in
+                try Self.record(settlement, pool: pool)
+            }
+        }
+        self.outage = OutagePolicy(
+            mode: settings.outagePolicy, allowance: settings.outageAllowance,
+            identities: IdentityCache(lifetime: settings.outageIdentityLifetime))
     }
 
-    /// Metering from TOLLGATE_* variables (see `MeteringSettings`); nil when no database is set.
+    /// Metering from TOLLGATE_* variables (see `MeteringSettings`), with its journal open and
+    /// replaying in the background; nil when no database is set. Fails when the journal
+    /// directory is unusable: a worker that could lose usage must not start.
     public static func fromEnvironment(
         _ environment: [String: String], platformKey: String
     ) throws(StoreError) -> PostgresMetering? {
-        try MeteringSettings.resolve(environment: environment, platformKey: platformKey).map(PostgresMetering.init)
+        guard let settings = try MeteringSettings.resolve(environment: environment, platformKey: platformKey)
+        else { return nil }
+        var journal: SettlementJournal?
+        if let directory = settings.journalDirectory {
+            journal = try SettlementJournal(directory: directory, workerID: settings.workerID)
+            // The fallback under TMPDIR may not survive a reboot: worth a warning.
+            let temporary = (environment["TOLLGATE_JOURNAL_DIR"] ?? "").isEmpty && !directory.hasPrefix("/var/lib/")
+            Log.write(
+                temporary ? .warning : .info, "journal.directory", [(.path, directory), (.worker, settings.workerID)])
+        }
+        let metering = PostgresMetering(settings: settings, journal: journal)
+        _ = metering.startReplaying()
+        return metering
+    }
+
+    /// Starts replaying the journal in the background (once per worker process); false without
+    /// a journal or when no thread could be started.
+    @discardableResult
+    public func startReplaying() -> Bool {
+        replayer?.start() ?? false
+    }
+
+    /// For a worker that is stopping, after its last request: stops the background replay,
+    /// replays once more (with the database up, nothing is left for another worker to adopt),
+    /// and releases the journal's files. Blocks for the replay's round trips.
+    public func finishJournal() {
+        guard let replayer else { return }
+        replayer.stop()
+        replayer.replayOnce()
+        replayer.journal.close()
     }
 
     /// Checks once, at start-up, that the database answers and has been migrated.
@@ -52,8 +102,9 @@ public final class PostgresMetering: Metering {
                         Self.admitStatement, sql: Self.admitSQL, parameters: admitParameters(request, caller)))
             }
         } catch {
-            return unavailable(error, requestID: request.requestID)
+            return withoutDatabase(caller, requestID: request.requestID, tokens: request.reservedTokens, error)
         }
+        outage.learn(answer, caller: caller)
         return decide(answer, requested: request.reservedTokens, requestID: request.requestID)
     }
 
@@ -73,33 +124,60 @@ public final class PostgresMetering: Metering {
                         parameters: authenticateParameters(caller)))
             }
         } catch {
-            return unavailable(error, requestID: client.id)
+            return withoutDatabase(caller, requestID: client.id, tokens: 0, error)
         }
+        outage.learn(answer, caller: caller)
         return decide(answer, requested: 0, requestID: client.id)
     }
 
     public func settle(_ settlement: Settlement) {
+        outage.settled(requestID: settlement.requestID, totalTokens: settlement.usage.totalTokens)
         guard settlement.ticket.userID != nil else {
             Log.error("usage.settle_failed", settlement.logFields + [(.detail, "ticket without a user")])
             return
         }
         do {
-            let result = try pool.withConnection { connection throws(StoreError) in
-                try connection.executePrepared(
-                    Self.settleStatement, sql: Self.settleSQL, parameters: Self.settleParameters(settlement))
-            }
-            if result.scalar == "t" {
+            if try Self.record(settlement, pool: pool) {
                 Log.info("usage.settled", settlement.logFields)
             } else {
                 Log.warning("usage.already_settled", [(.requestID, settlement.requestID)])
             }
         } catch {
-            // Limitation: a settlement the database refuses or cannot take is only logged here, with
-            // every count, and the reservation stays until its worker is released; a local durable
-            // journal replayed on recovery is the next issue's job.
+            keep(settlement, after: error)
+        }
+    }
+
+    /// Records one settlement with `tollgate.settle`; true when its ledger row is new (false: the
+    /// request was settled before). Blocks for one round trip.
+    static func record(_ settlement: Settlement, pool: ConnectionPool) throws(StoreError) -> Bool {
+        let result = try pool.withConnection { connection throws(StoreError) in
+            try connection.executePrepared(
+                Self.settleStatement, sql: Self.settleSQL, parameters: Self.settleParameters(settlement))
+        }
+        return result.scalar == "t"
+    }
+
+    /// A settlement the database did not take: journaled when the database is unavailable (it
+    /// is replayed later), otherwise logged with every count.
+    private func keep(_ settlement: Settlement, after error: StoreError) {
+        guard OutagePolicy.isOutage(error), let journal else {
+            // Limitation: a settlement the database refuses (a constraint, not an outage), or one
+            // failing without a journal, is only logged, with every count; its reservation stays
+            // until its worker is released. Replaying it would be refused again.
             Log.error(
                 "usage.settle_failed",
                 settlement.logFields + [(.code, error.code.rawValue), (.detail, error.description)])
+            return
+        }
+        do {
+            try journal.append(settlement)
+            Log.warning("usage.journaled", settlement.logFields + [(.code, error.code.rawValue)])
+        } catch let failure {
+            // Limitation: with neither the database nor the journal's disk writable, the log line
+            // is the only record left of this settlement.
+            Log.error(
+                "usage.journal_failed",
+                settlement.logFields + [(.code, error.code.rawValue), (.detail, failure.description)])
         }
     }
 
@@ -130,6 +208,14 @@ public final class PostgresMetering: Metering {
         default:
             Log.debug("admission.rejected", [(.requestID, requestID), (.outcome, outcome.rawValue)])
         }
+    }
+
+    /// Admission when the database did not answer: the outage policy decides when it is down,
+    /// any other failure is a 503.
+    private func withoutDatabase(_ caller: Caller, requestID: String, tokens: Int, _ error: StoreError) -> Admission {
+        guard OutagePolicy.isOutage(error) else { return unavailable(error, requestID: requestID) }
+        return outage.admit(
+            caller, requestID: requestID, tokens: tokens, platformKey: settings.platformKey, failure: error)
     }
 
     private func unavailable(_ error: StoreError, requestID: String) -> Admission {

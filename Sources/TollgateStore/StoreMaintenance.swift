@@ -8,15 +8,19 @@ import TollgateProxy
 /// call blocks for one round trip on its single connection.
 public final class StoreMaintenance {
     let pool: ConnectionPool
+    /// Where workers journal settlements the database could not take; nil without a journal.
+    let journalDirectory: String?
 
-    public init(databaseURL: String, timeout: Duration = .seconds(5)) {
+    public init(databaseURL: String, timeout: Duration = .seconds(5), journalDirectory: String? = nil) {
         self.pool = ConnectionPool(conninfo: databaseURL, size: 1, waitLimit: timeout, statementTimeout: timeout)
+        self.journalDirectory = journalDirectory
     }
 
     /// Maintenance from TOLLGATE_DATABASE_URL (and TOLLGATE_DATABASE_TIMEOUT); nil when unset.
     public static func fromEnvironment(_ environment: [String: String]) throws(StoreError) -> StoreMaintenance? {
         guard let settings = try MeteringSettings.resolve(environment: environment, platformKey: "") else { return nil }
-        return StoreMaintenance(databaseURL: settings.databaseURL, timeout: settings.timeout)
+        return StoreMaintenance(
+            databaseURL: settings.databaseURL, timeout: settings.timeout, journalDirectory: settings.journalDirectory)
     }
 
     /// Marks the workers alive now.
@@ -29,6 +33,13 @@ public final class StoreMaintenance {
     /// Settles every reservation of an exited worker as a 'worker_lost' ledger row and frees the
     /// tokens it held. Idempotent.
     public func releaseWorker(_ workerID: String) throws(StoreError) {
+        // The worker's journaled settlements carry real usage: record them before its
+        // reservations turn into worker_lost estimates.
+        if let journalDirectory {
+            _ = try SettlementJournal.replayLeftovers(ofWorker: workerID, directory: journalDirectory) {
+                settlement throws(StoreError) in try PostgresMetering.record(settlement, pool: pool)
+            }
+        }
         let released = try count("SELECT tollgate.release_worker($1)", [workerID])
         if released > 0 {
             Log.warning("store.worker_released", [(.worker, workerID), (.inFlight, String(released))])

@@ -53,6 +53,9 @@ enum WorkerProcess {
         }
         Log.info("worker.stopping", [(.worker, index), (.inFlight, String(server.inFlight))])
         let left = server.stop(grace: settings.grace)
+        // Replays what this worker journaled while the database was away, rather than leaving
+        // it for another worker to adopt.
+        (metering as? PostgresMetering)?.finishJournal()
         Log.write(left == 0 ? .info : .warning, "worker.stopped", [(.worker, index), (.inFlight, String(left))])
         return 0
     }
