@@ -5,7 +5,7 @@ PORT ?= 8080
 PG_PORT ?= 5433
 SWIFT_DIRS := Sources Tests
 
-.PHONY: help deps build run test unit e2e clean distclean format lint
+.PHONY: help deps build run test unit e2e bench outage fuzz sanitize clean distclean format lint
 
 help:
 	@echo "make run      dependencies, release build, then PostgreSQL :$(PG_PORT) and nginx :$(PORT) -> workers"
@@ -14,6 +14,10 @@ help:
 	@echo "              TOLLGATE_DATABASE_URL at your own database)"
 	@echo "make test     everything CI runs: unit tests and the end-to-end suite (scripts/test.sh)"
 	@echo "make build    release build of .build/release/tollgate"
+	@echo "make bench    benchmarks side by side with nginx alone (PEERS=litellm adds LiteLLM)"
+	@echo "make outage   stop PostgreSQL for 10 s under load; the ledger must still match the upstream"
+	@echo "make fuzz     libFuzzer on the parsers of untrusted bytes (FUZZ_SECONDS each)"
+	@echo "make sanitize the end-to-end suite against AddressSanitizer and ThreadSanitizer builds"
 	@echo "make format   swift format, in place"
 	@echo "make lint     swift format lint (strict) and script checks"
 	@echo "make clean    stop leftover stacks and their databases, remove .build and .run (distclean: .venv too)"
@@ -36,6 +40,19 @@ unit:
 e2e: deps build
 	@bash scripts/venv.sh
 	.venv/bin/pytest -q -p no:cacheprovider Tests/e2e
+
+bench: deps build
+	python3 scripts/bench.py $(if $(PEERS),--peers $(PEERS)) $(ARGS)
+
+outage: deps build
+	python3 scripts/outage.py
+
+fuzz: deps
+	bash scripts/fuzz.sh
+
+sanitize: deps
+	@bash scripts/venv.sh
+	bash scripts/sanitize.sh
 
 clean:
 	-@python3 scripts/stack.py stop --all

@@ -1,0 +1,257 @@
+"""Growth benchmark: admission and settlement latency as the usage ledger grows.
+
+A private PostgreSQL cluster (started and removed by the benchmark) holds one database per
+ledger size, all made from one template with the schema of sql/*.sql, 1,000 users and the
+benchmark user with a key and a quota big enough never to run out. Each measurement is a psql
+session calling `tollgate.admit(...)` then `tollgate.settle(...)` for fresh request ids,
+`\\timing` giving each call's round trip; the sizes are interleaved within every round.
+
+Filling: `INSERT ... SELECT ... FROM generate_series(...)` with the ledger's indexes and
+unique constraints dropped during the load and rebuilt after it (read back from the catalog,
+so they are the schema's own), because maintaining them row by row takes minutes per
+10 million rows. Settings: fsync on; `synchronous_commit = off` in the measuring sessions,
+so that a disk flush, the same for every size, does not drown what the size changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness import BenchError, is_running
+
+BENCH_KEY = "tg-benchgrowth0000000000000000000000000000"
+"""The benchmark user's key in the growth databases (a fixed test value, not a secret)."""
+
+FILLER_USERS = 1000
+TEMPLATE_DB = "growth_template"
+
+
+def _pg_bin() -> Path:
+    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parent.parent.name))
+    if not versions:
+        raise BenchError("PostgreSQL server binaries not found: install postgresql (scripts/deps.sh)")
+    return versions[-1].parent
+
+
+def sql_files(root: Path) -> list[Path]:
+    return sorted((root / "sql").glob("[0-9][0-9][0-9]_*.sql"))
+
+
+def growth_support(root: Path) -> str | None:
+    """None when the schema has admit() and settle(); otherwise why growth cannot run."""
+    files = sql_files(root)
+    if not files:
+        return "no sql/ migrations in this tree"
+    text = "".join(path.read_text(errors="replace") for path in files)
+    if "tollgate.admit(" not in text or "tollgate.settle(" not in text:
+        return "sql/ defines no tollgate.admit / tollgate.settle yet"
+    if not shutil.which("psql"):
+        return "psql not found (install postgresql-client)"
+    return None
+
+
+@dataclass
+class Timings:
+    """Round trips of one measuring session, ms."""
+
+    admit_ms: list[float]
+    settle_ms: list[float]
+
+
+class GrowthCluster:
+    """The private cluster of the growth benchmark: start, fill, measure, stop."""
+
+    def __init__(self, root: Path, run_dir: Path, port: int) -> None:
+        self.root = root
+        self.port = port
+        self.bin = _pg_bin()
+        self.base = self._base_dir(run_dir)
+        self.data = self.base / "data"
+        self.log = self.base / "postgres.log"
+        self.kept_log = run_dir / "pg-growth.log"
+        self.user_id = 0
+        self.key_id = 0
+
+    @staticmethod
+    def _base_dir(run_dir: Path) -> Path:
+        """Under .run/bench when the postgres user can reach it, else under /tmp."""
+        preferred = run_dir / "pg-growth"
+        reachable = subprocess.run(["runuser", "-u", "postgres", "--", "test", "-x", str(run_dir)],
+                                   capture_output=True).returncode == 0
+        if reachable:
+            return preferred
+        digest = hashlib.sha256(str(run_dir).encode()).hexdigest()[:10]
+        return Path(f"/tmp/tollgate-bench-pg-{digest}")
+
+    def _as_postgres(self, *command: str, check: bool = True) -> subprocess.CompletedProcess:
+        done = subprocess.run(["runuser", "-u", "postgres", "--", *command], capture_output=True, text=True)
+        if check and done.returncode != 0:
+            raise BenchError(f"{Path(command[0]).name} failed: {(done.stderr or done.stdout).strip()[:400]}")
+        return done
+
+    def stop_leftover(self) -> None:
+        """Stops a cluster a crashed run left in the same place, then removes it."""
+        pid_file = self.data / "postmaster.pid"
+        if pid_file.is_file():
+            try:
+                pid = int(pid_file.read_text().split()[0])
+            except (OSError, ValueError, IndexError):
+                pid = 0
+            if pid and is_running(pid):
+                self._as_postgres(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop",
+                                  check=False)
+        shutil.rmtree(self.base, ignore_errors=True)
+
+    def start(self) -> None:
+        self.stop_leftover()
+        self.base.mkdir(parents=True)
+        shutil.chown(self.base, "postgres", "postgres")
+        self._as_postgres(str(self.bin / "initdb"), "-D", str(self.data), "-A", "trust", "--no-sync", "-U",
+                          "postgres")
+        options = (f"-p {self.port} -k {self.base} -c listen_addresses=127.0.0.1 -c shared_buffers=512MB "
+                   "-c max_wal_size=16GB -c checkpoint_timeout=1h -c maintenance_work_mem=1GB")
+        self._as_postgres(str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-w", "-t", "60",
+                          "-o", options, "start")
+
+    def stop(self) -> None:
+        """Stops the cluster and removes it, keeping its log as .run/bench/pg-growth.log."""
+        if (self.data / "postmaster.pid").is_file():
+            self._as_postgres(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop",
+                              check=False)
+        if self.log.is_file():
+            self.kept_log.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(self.log, self.kept_log)
+        shutil.rmtree(self.base, ignore_errors=True)
+
+    def psql(self, database: str, sql: str | None = None, file: Path | None = None,
+             single_transaction: bool = False) -> str:
+        """Runs SQL (text or a file) in `database`; returns unaligned, tuples-only output."""
+        command = ["psql", "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", str(self.port),
+                   "-U", "postgres", "-d", database]
+        if single_transaction:
+            command.append("-1")
+        command += ["-f", str(file)] if file else ["-c", sql or ""]
+        done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PGCONNECT_TIMEOUT": "10"})
+        if done.returncode != 0:
+            raise BenchError(f"psql on {database}: {done.stderr.strip()[:400]}")
+        return done.stdout.strip()
+
+    # -- preparing ----------------------------------------------------------------------------
+
+    def prepare_template(self) -> None:
+        """The template database: schema, filler users, the benchmark user, its key and quota."""
+        self.psql("postgres", f"CREATE DATABASE {TEMPLATE_DB}")
+        for path in sql_files(self.root):
+            self.psql(TEMPLATE_DB, file=path, single_transaction=True)
+        key_hash = hashlib.sha256(BENCH_KEY.encode()).hexdigest()
+        self.psql(TEMPLATE_DB, f"""
+            INSERT INTO tollgate.users (name) SELECT 'filler-' || g FROM generate_series(1, {FILLER_USERS - 1}) g;
+            INSERT INTO tollgate.users (name) VALUES ('bench');
+            INSERT INTO tollgate.api_keys (user_id, key_hash, prefix)
+                SELECT id, '\\x{key_hash}'::bytea, '{BENCH_KEY[:10]}' FROM tollgate.users WHERE name = 'bench';
+            SELECT tollgate.set_quota('bench', 1000000000000000, 'total');""")
+        ids = self.psql(TEMPLATE_DB, "SELECT u.id || ' ' || k.id FROM tollgate.users u "
+                                     "JOIN tollgate.api_keys k ON k.user_id = u.id WHERE u.name = 'bench'")
+        self.user_id, self.key_id = (int(part) for part in ids.split())
+
+    def create(self, database: str, template: str = TEMPLATE_DB) -> None:
+        self.psql("postgres", f"CREATE DATABASE {database} TEMPLATE {template}")
+
+    def fill(self, database: str, rows: int) -> None:
+        """Adds `rows` ledger rows spread over the users and the last rows/4 seconds."""
+        if rows <= 0:
+            return
+        keys = self.psql(database, """
+            SELECT c.conname || '|' || pg_get_constraintdef(c.oid) FROM pg_constraint c
+            WHERE c.conrelid = 'tollgate.ledger'::regclass AND c.contype IN ('p', 'u')""").splitlines()
+        indexes = self.psql(database, """
+            SELECT i.indexrelid::regclass || '|' || pg_get_indexdef(i.indexrelid) FROM pg_index i
+            WHERE i.indrelid = 'tollgate.ledger'::regclass
+              AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = i.indexrelid)""").splitlines()
+        referenced = self.psql(database, "SELECT count(*) FROM pg_constraint WHERE confrelid = "
+                                         "'tollgate.ledger'::regclass")
+        rebuild = referenced == "0"
+
+        statements = ["SET session_replication_role = replica;", "SET synchronous_commit = off;",
+                      "SET maintenance_work_mem = '1GB';"]
+        if rebuild:
+            statements += [f"DROP INDEX {line.split('|', 1)[0]};" for line in indexes]
+            statements += [f"ALTER TABLE tollgate.ledger DROP CONSTRAINT {line.split('|', 1)[0]};" for line in keys]
+        statements.append(f"""
+            INSERT INTO tollgate.ledger (request_id, user_id, key_id, endpoint, model, stream, key_source, outcome,
+                http_status, input_tokens, cached_input_tokens, output_tokens, reasoning_tokens, total_tokens,
+                usage_source, started_at, ttfb_ms, duration_ms)
+            SELECT gen_random_uuid(), first.id + g % {FILLER_USERS}, NULL,
+                   CASE WHEN g % 5 = 0 THEN 'responses' ELSE 'chat.completions' END,
+                   CASE WHEN g % 2 = 0 THEN 'gpt-4o-mini' ELSE 'gpt-4.1-nano' END, g % 3 = 0, 'platform',
+                   'completed', 200, 20 + g % 400, 0, 5 + g % 700, 0, 25 + g % 400 + g % 700, 'reported',
+                   now() - make_interval(secs => g * 0.25), 150.0, 900.0
+            FROM generate_series(1, {rows}) g, (SELECT min(id) AS id FROM tollgate.users) first;""")
+        if rebuild:
+            statements += [f"ALTER TABLE tollgate.ledger ADD CONSTRAINT {name} {definition};"
+                           for name, definition in (line.split("|", 1) for line in keys)]
+            statements += [line.split("|", 1)[1] + ";" for line in indexes]
+        script = self.base.parent / f"fill-{database}.sql"
+        script.write_text("\n".join(statements) + "\n")
+        try:
+            self.psql(database, file=script, single_transaction=True)
+        finally:
+            script.unlink(missing_ok=True)
+        self.psql(database, "VACUUM ANALYZE tollgate.ledger")
+
+    def ledger_rows(self, database: str) -> int:
+        return int(self.psql(database, "SELECT count(*) FROM tollgate.ledger"))
+
+    # -- measuring ----------------------------------------------------------------------------
+
+    def measure(self, database: str, pairs: int, warmup: int) -> Timings:
+        """Times `pairs` admit+settle round trips (after `warmup` untimed ones) in one session.
+
+        Fails when a call did not admit or a settlement did not leave its ledger row, so a
+        figure never comes from calls that were refused.
+        """
+        key_hash = hashlib.sha256(BENCH_KEY.encode()).hexdigest()
+        ids = [str(uuid.uuid4()) for _ in range(warmup + pairs)]
+        lines = ["SET synchronous_commit = off;", "\\timing on", "\\o /dev/null"]
+        for request_id in ids:
+            lines.append(f"SELECT outcome FROM tollgate.admit('{request_id}', '\\x{key_hash}'::bytea, NULL, 16400, "
+                         "20, 'chat.completions', 'gpt-4o-mini', false, 'bench:growth', NULL);")
+            lines.append(f"SELECT tollgate.settle('{request_id}', {self.user_id}, {self.key_id}, 'chat.completions', "
+                         "'gpt-4o-mini', false, 'platform', 'completed', 200, 20, 0, 5, 0, 25, 'reported', now(), "
+                         "150.0, 900.0);")
+        used_before, _ = self._standing(database)
+        script = self.base.parent / f"measure-{database}.sql"
+        script.write_text("\n".join(lines) + "\n")
+        try:
+            output = self.psql(database, file=script)
+        finally:
+            script.unlink(missing_ok=True)
+        times = [float(line.split()[1]) for line in output.splitlines() if line.startswith("Time: ")]
+        if len(times) != 2 * len(ids):
+            raise BenchError(f"growth: expected {2 * len(ids)} timings from psql, got {len(times)}")
+        self._check_settled(database, ids, used_before)
+        timed = times[2 * warmup :]
+        return Timings(admit_ms=timed[0::2], settle_ms=timed[1::2])
+
+    def _standing(self, database: str) -> tuple[int, int]:
+        """(used, reserved) tokens of the benchmark user."""
+        found = self.psql(database, f"""
+            SELECT coalesce(sum(used_tokens), 0) || ' ' || coalesce(sum(reserved_tokens), 0)
+            FROM tollgate.usage_counters WHERE user_id = {self.user_id}""")
+        used, reserved = (int(part) for part in found.split())
+        return used, reserved
+
+    def _check_settled(self, database: str, ids: list[str], used_before: int) -> None:
+        """Every call admitted (its 25 tokens reached the counter) and nothing is still held."""
+        used, reserved = self._standing(database)
+        listed = ",".join(f"'{request_id}'" for request_id in ids)
+        rows = int(self.psql(database, f"SELECT count(*) FROM tollgate.ledger WHERE request_id IN ({listed})"))
+        if rows != len(ids) or used - used_before != 25 * len(ids) or reserved != 0:
+            raise BenchError(f"growth: {rows} of {len(ids)} ledger rows, {used - used_before} of {25 * len(ids)} "
+                             f"tokens counted, {reserved} still reserved (admission refused?)")
