@@ -7,12 +7,16 @@ import TollgateProxy
 /// Owned by the request thread; the `FCGX_Request` it points to belongs to that thread too.
 final class FastCGIClient: ClientConnection {
     private let request: UnsafeMutablePointer<FCGX_Request>
+    /// Tollgate's id of the request, sent back as `x-tollgate-request-id`: the ledger's key, so
+    /// a user's support question can be matched to its row.
+    private let requestID: String
     private(set) var headSent = false
     /// Set once a write failed: nginx closed the connection because the client left.
     private(set) var gone = false
 
-    init(request: UnsafeMutablePointer<FCGX_Request>) {
+    init(request: UnsafeMutablePointer<FCGX_Request>, requestID: String) {
         self.request = request
+        self.requestID = requestID
     }
 
     var disconnectDescriptor: Int32 { tg_fcgx_descriptor(request) }
@@ -24,7 +28,7 @@ final class FastCGIClient: ClientConnection {
         for (name, value) in headers {
             head += "\(name): \(value)\r\n"
         }
-        head += "\r\n"
+        head += "x-tollgate-request-id: \(requestID)\r\n\r\n"
         var bytes = Array(head.utf8)
         put(&bytes)
     }

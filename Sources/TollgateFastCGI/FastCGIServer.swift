@@ -37,7 +37,7 @@ public final class FastCGIServer: @unchecked Sendable {
     let listenDescriptor: Int32
     let settings: Settings
     let service: ProxyService
-    let queue = ConnectionQueue()
+    let queue: ConnectionQueue
     /// Written once by `stop` to wake the acceptor out of `poll`.
     private var stopPipe: [Int32] = [-1, -1]
     /// A socket that never listens: libfcgi falls back to accepting on it only after a
@@ -48,6 +48,7 @@ public final class FastCGIServer: @unchecked Sendable {
         self.listenDescriptor = listenDescriptor
         self.settings = settings
         self.service = service
+        self.queue = ConnectionQueue(threads: settings.threads)
     }
 
     /// Initialises libfcgi and starts the acceptor and request threads.
@@ -60,8 +61,8 @@ public final class FastCGIServer: @unchecked Sendable {
             throw StartError(description: "the listening socket cannot be used")
         }
         do {
-            for _ in 0..<settings.threads {
-                try NativeThread.start(stackSize: settings.stackSize) { [self] in serveConnections() }
+            for thread in 0..<settings.threads {
+                try NativeThread.start(stackSize: settings.stackSize) { [self] in serveConnections(thread: thread) }
             }
             try NativeThread.start(stackSize: 256 << 10) { [self] in acceptConnections() }
         } catch {
@@ -115,12 +116,12 @@ public final class FastCGIServer: @unchecked Sendable {
         }
     }
 
-    private func serveConnections() {
+    private func serveConnections(thread: Int) {
         let handler = service.makeHandler()
         let request = UnsafeMutablePointer<FCGX_Request>.allocate(capacity: 1)
         defer { request.deallocate() }
         FCGX_InitRequest(request, inertSocket, 0)
-        while let connection = queue.take() {
+        while let connection = queue.take(thread: thread) {
             if tg_fcgx_read_request(request, connection) == 0 {
                 serve(request, with: handler)
             }
@@ -133,8 +134,8 @@ public final class FastCGIServer: @unchecked Sendable {
     }
 
     private func serve(_ request: UnsafeMutablePointer<FCGX_Request>, with handler: ProxyHandler) {
-        let client = FastCGIClient(request: request)
         let id = RequestID.make()
+        let client = FastCGIClient(request: request, requestID: id)
         let proxyRequest: ProxyRequest
         do {
             proxyRequest = try FastCGIRequestReader.read(request, id: id, maxBodyBytes: settings.maxBodyBytes)

@@ -392,3 +392,19 @@ def test_no_key_in_clear_in_any_table_or_log(metered, caller, chat, tag, kit):
         assert_not_in_clear(key, logs, "the stack's logs")
     assert not ISSUED_KEY.search(text) and not ISSUED_KEY.search(logs)
     kit.assert_no_secrets(logs, "stack e2e-metering")
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+def test_answer_names_its_ledger_row_in_x_tollgate_request_id(metered, caller, tag, prompt, kit, stream):
+    raw = caller["client"].chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", stream=stream, messages=[{"role": "user", "content": prompt}],
+        extra_body={"mock": {"tag": tag, "events": 2}})
+    request_id = raw.headers.get("x-tollgate-request-id")
+    answer = raw.parse()
+    if stream:
+        assert list(answer), "the stream carried no event"
+
+    [row] = wait_ledger(metered, kit, caller["user_id"], 1)
+
+    assert request_id is not None and UUID.match(request_id), "no Tollgate request id in the answer's headers"
+    assert row["request_id"] == request_id
