@@ -40,8 +40,10 @@ enum Command {
             let settings = try ServeSettings.resolve(arguments: arguments, environment: ProcessEnvironment.current())
             Log.minimumLevel = settings.logLevel
             let socket = try ListeningSocket.open(settings.socket, mode: settings.socketMode)
-            let registry = try StoreMaintenance.fromEnvironment(ProcessEnvironment.current())
-            return Supervisor(settings: settings, socket: socket, registry: registry).run()
+            var environment = ProcessEnvironment.current()
+            environment.merge(settings.fileEntries) { $1 }
+            let registry = try StoreMaintenance.fromEnvironment(environment)
+            return Supervisor(settings: settings, arguments: arguments, socket: socket, registry: registry).run()
         } catch {
             return fail(String(describing: error))
         }

@@ -7,10 +7,16 @@ struct SettingsError: Error, CustomStringConvertible {
 }
 
 extension ServeSettings {
-    /// Resolves settings from `TOLLGATE_*` variables, then from flags (`--name value` or
-    /// `--name=value`), which win.
+    /// Resolves settings from `TOLLGATE_*` variables, then from the settings file named by
+    /// TOLLGATE_SETTINGS_FILE (its lines win over the environment; SIGHUP re-reads it), then
+    /// from flags (`--name value` or `--name=value`), which win over both.
     static func resolve(arguments: [String], environment: [String: String]) throws(SettingsError) -> ServeSettings {
         var settings = ServeSettings()
+        var environment = environment
+        if let path = environment["TOLLGATE_SETTINGS_FILE"], !path.isEmpty {
+            settings.fileEntries = try SettingsFile.read(path)
+            environment.merge(settings.fileEntries) { $1 }
+        }
         let table = Self.table
         for setting in table {
             guard let value = environment[setting.environmentName] else { continue }
@@ -43,6 +49,11 @@ extension ServeSettings {
             index += 1
         }
         settings.upstreamKey = environment["TOLLGATE_UPSTREAM_KEY"] ?? ""
+        do {
+            _ = try MeteringSettings.resolve(environment: environment, platformKey: settings.upstreamKey)
+        } catch {
+            throw SettingsError(description: error.description)
+        }
         try settings.validateUpstreamKey()
         return settings
     }

@@ -20,6 +20,9 @@ struct ServeSettings {
     var maxBodyBytes = 16 << 20
     var logLevel = LogLevel.info
     var policy = Policy(maxOutputTokens: 16384)
+    /// The lines of the settings file (TOLLGATE_SETTINGS_FILE), handed to workers as they are,
+    /// so metering variables set there reach them too.
+    var fileEntries: [String: String] = [:]
 
     static var coreCount: Int {
         max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))))

@@ -10,7 +10,9 @@ import TollgateProxy
 /// Workers are this executable started again as `tollgate worker`, with the socket as
 /// descriptor 3 and the resolved settings in their environment.
 final class Supervisor {
-    let settings: ServeSettings
+    private(set) var settings: ServeSettings
+    /// The command line of `serve`, re-applied over the re-read settings file on SIGHUP.
+    let arguments: [String]
     let socket: ListeningSocket
     let signals = SignalSet([SIGTERM, SIGINT, SIGHUP, SIGCHLD])
     /// Reaches the metering store, when there is one.
@@ -24,12 +26,15 @@ final class Supervisor {
     /// Workers that exited and whose reservations are not yet released (the store may be down).
     private var unreleased: [String] = []
     private var nextMaintenance = ContinuousClock.now
+    /// Workers replaced by a reload, finishing their in-flight requests; their kill deadline.
+    private var retiring: [pid_t: (workerID: String, deadline: ContinuousClock.Instant)] = [:]
     private var stopping = false
     /// When workers still running after SIGTERM are killed: grace plus a margin.
     private var killDeadline: ContinuousClock.Instant?
 
-    init(settings: ServeSettings, socket: ListeningSocket, registry: (any WorkerRegistry)?) {
+    init(settings: ServeSettings, arguments: [String], socket: ListeningSocket, registry: (any WorkerRegistry)?) {
         self.settings = settings
+        self.arguments = arguments
         self.socket = socket
         self.registry = registry
         self.slots = Array(repeating: 0, count: settings.workers)
@@ -47,16 +52,21 @@ final class Supervisor {
                 (.socket, settings.socket), (.workers, String(settings.workers)), (.threads, String(settings.threads)),
                 (.upstream, settings.upstreamURL),
             ])
-        while !stopping || slots.contains(where: { $0 > 0 }) {
+        while !stopping || slots.contains(where: { $0 > 0 }) || !retiring.isEmpty {
             let signal = signals.wait(milliseconds: 250)
             if signal == SIGTERM || signal == SIGINT { beginStop(signal: signal ?? SIGTERM) }
+            if signal == SIGHUP && !stopping { reload() }
             reapWorkers()
             releaseExitedWorkers()
             if !stopping { refillSlots() }
             if !stopping && ContinuousClock.now >= nextMaintenance { maintain() }
+            for (pid, worker) in retiring where ContinuousClock.now >= worker.deadline {
+                kill(pid, SIGKILL)
+            }
             if let deadline = killDeadline, ContinuousClock.now >= deadline {
                 // A worker that outlives its grace by this much is stuck; end it.
                 for pid in slots where pid > 0 { kill(pid, SIGKILL) }
+                for pid in retiring.keys { kill(pid, SIGKILL) }
                 killDeadline = nil
             }
         }
@@ -71,6 +81,7 @@ final class Supervisor {
         Log.info("serve.stopping", [(.signal, String(signal))])
         socket.unlinkPath()
         for pid in slots where pid > 0 { kill(pid, SIGTERM) }
+        for pid in retiring.keys { kill(pid, SIGTERM) }
         killDeadline = ContinuousClock.now + settings.grace + .seconds(5)
     }
 
@@ -79,6 +90,11 @@ final class Supervisor {
             var status: Int32 = 0
             let pid = waitpid(-1, &status, WNOHANG)
             guard pid > 0 else { return }
+            if let worker = retiring.removeValue(forKey: pid) {
+                unreleased.append(worker.workerID)
+                Log.info("worker.retired", [(.pid, String(pid)), (.exitStatus, describe(status))])
+                continue
+            }
             guard let slot = slots.firstIndex(of: pid) else { continue }
             slots[slot] = 0
             unreleased.append(workerIDs[slot])
@@ -86,6 +102,35 @@ final class Supervisor {
             Log.write(
                 level, "worker.exited", [(.worker, String(slot)), (.pid, String(pid)), (.exitStatus, describe(status))])
         }
+    }
+
+    /// SIGHUP: re-reads the settings (environment, settings file, flags) and replaces every
+    /// worker by one with the new settings. The old workers stop accepting and finish what they
+    /// serve within the grace period, while the new ones already accept on the same socket, so
+    /// no admitted request is dropped. A new socket address needs a restart.
+    private func reload() {
+        let renewed: ServeSettings
+        do {
+            renewed = try ServeSettings.resolve(arguments: arguments, environment: ProcessEnvironment.current())
+        } catch {
+            Log.error("serve.reload_failed", [(.detail, error.description)])
+            return
+        }
+        if renewed.socket != settings.socket || renewed.socketMode != settings.socketMode {
+            Log.warning("serve.reload_socket_unchanged", [(.socket, settings.socket)])
+        }
+        let deadline = ContinuousClock.now + renewed.grace + .seconds(5)
+        for (slot, pid) in slots.enumerated() where pid > 0 {
+            retiring[pid] = (workerIDs[slot], deadline)
+            kill(pid, SIGTERM)
+        }
+        settings = renewed
+        settings.socket = socket.path ?? settings.socket
+        slots = Array(repeating: 0, count: renewed.workers)
+        lastStart = Array(repeating: .now, count: renewed.workers)
+        workerIDs = Array(repeating: "", count: renewed.workers)
+        for slot in slots.indices { spawn(slot) }
+        Log.info("serve.reloaded", [(.workers, String(renewed.workers)), (.threads, String(renewed.threads))])
     }
 
     /// Frees the reservations of exited workers; what fails is retried on the next turn.
@@ -129,7 +174,10 @@ final class Supervisor {
         generation += 1
         workerIDs[slot] = "\(Self.hostName)/\(getpid())/\(slot)/\(generation)"
         var environment = ProcessEnvironment.current()
+        environment.merge(settings.fileEntries) { $1 }
         for (name, value) in settings.environment { environment[name] = value }
+        // The file is already merged: a worker reading it again would let it override flags.
+        environment["TOLLGATE_SETTINGS_FILE"] = nil
         environment["TOLLGATE_WORKER_INDEX"] = String(slot)
         environment["TOLLGATE_WORKER_ID"] = workerIDs[slot]
         environment["TOLLGATE_LISTEN_FD"] = String(WorkerProcess.listenDescriptor)
