@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from stack import port_free, tail  # noqa: F401 (scripts/ is on the path: bench.py lives there)
+
 BENCH_DIR = Path(__file__).resolve().parent
 PLACEHOLDER = re.compile(r"@[A-Z_]+@")
 STOP_DEADLINE_S = 10.0
@@ -116,27 +118,6 @@ def http_get(port: int, path: str, timeout: float = 2.0) -> tuple[int, bytes] | 
         return None
     finally:
         connection.close()
-
-
-def port_free(port: int) -> bool:
-    import socket
-
-    probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        probe.bind(("127.0.0.1", port))
-        return True
-    except OSError:
-        return False
-    finally:
-        probe.close()
-
-
-def tail(path: Path, lines: int = 6) -> str:
-    try:
-        return " | ".join(path.read_text(errors="replace").strip().splitlines()[-lines:])
-    except OSError:
-        return ""
 
 
 # --- processes -----------------------------------------------------------------------------

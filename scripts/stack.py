@@ -205,7 +205,7 @@ def _wait_until(what: str, check: Callable[[], bool], problem: Callable[[], str 
         if trouble:
             raise StackError(trouble)
         if time.monotonic() >= end:
-            detail = f"; log {log}: {_tail(log)}" if log else ""
+            detail = f"; log {log}: {tail(log)}" if log else ""
             raise StackError(f"{what} not ready after {deadline_s:g} s{detail}")
         time.sleep(delay)
         delay = min(delay * 2, 0.1)
@@ -240,7 +240,7 @@ def _unix_listening(path: Path) -> bool:
     return False
 
 
-def _port_free(port: int) -> bool:
+def port_free(port: int) -> bool:
     """True when nothing listens on 127.0.0.1:port (TIME_WAIT leftovers do not count)."""
     probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -253,7 +253,7 @@ def _port_free(port: int) -> bool:
         probe.close()
 
 
-def _tail(path: Path, lines: int = 8) -> str:
+def tail(path: Path, lines: int = 8) -> str:
     try:
         text = path.read_text(errors="replace").strip().splitlines()
     except OSError:
@@ -285,7 +285,7 @@ class _Process:
         code = self.popen.poll()
         if code is None:
             return None
-        return f"{self.name} exited with status {code} during start; log {self.log}: {_tail(self.log)}"
+        return f"{self.name} exited with status {code} during start; log {self.log}: {tail(self.log)}"
 
 
 class Stack:
@@ -515,7 +515,7 @@ class Stack:
         log = self.run_dir / "migrate.log"
         log.write_text(done.stdout + done.stderr)
         if done.returncode != 0:
-            raise StackError(f"tollgate migrate failed with status {done.returncode}; log {log}: {_tail(log)}")
+            raise StackError(f"tollgate migrate failed with status {done.returncode}; log {log}: {tail(log)}")
 
     def __enter__(self) -> Stack:
         self.start()
@@ -529,7 +529,7 @@ class Stack:
     def _prepare_dirs(self) -> None:
         for port in filter(None, (self.http_port, self.mock_port)):
             try:
-                _wait_until(f"port {port}", lambda: _port_free(port), lambda: None, PORT_FREE_DEADLINE_S)
+                _wait_until(f"port {port}", lambda: port_free(port), lambda: None, PORT_FREE_DEADLINE_S)
             except StackError:
                 raise StackError(f"port {port} on 127.0.0.1 is taken by a program outside this stack") from None
         shutil.rmtree(self.nginx_dir, ignore_errors=True)
@@ -649,7 +649,7 @@ class Stack:
 
         def problem() -> str | None:
             exited = process.problem()
-            return f"{exited} | error.log: {_tail(self.nginx_dir / 'logs' / 'error.log')}" if exited else None
+            return f"{exited} | error.log: {tail(self.nginx_dir / 'logs' / 'error.log')}" if exited else None
 
         port = self.http_port
         _wait_until(f"nginx on port {port}", lambda: _http_ok(port, "/__canned/chat"), problem,

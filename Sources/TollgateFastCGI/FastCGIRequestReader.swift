@@ -1,4 +1,5 @@
 import CFastCGI
+import TollgateCore
 import TollgateProxy
 
 /// Turns a libfcgi request (CGI parameters and the stdin stream) into a `ProxyRequest`.
@@ -13,7 +14,7 @@ enum FastCGIRequestReader {
     static func read(
         _ request: UnsafeMutablePointer<FCGX_Request>, id: String, maxBodyBytes: Int
     ) throws(Failure) -> ProxyRequest {
-        let parameters = parameters(of: request)
+        let parameters = NameValueBlock.parse(request.pointee.envp)
         let uri = parameters["REQUEST_URI"] ?? parameters["DOCUMENT_URI"] ?? "/"
         let path = uri.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first.map(String.init)
         var headers: [String: String] = [:]
@@ -28,19 +29,6 @@ enum FastCGIRequestReader {
         return ProxyRequest(
             id: id, method: parameters["REQUEST_METHOD"] ?? "GET", path: path ?? "/",
             query: parameters["QUERY_STRING"] ?? "", headers: headers, body: body)
-    }
-
-    private static func parameters(of request: UnsafeMutablePointer<FCGX_Request>) -> [String: String] {
-        var result: [String: String] = [:]
-        guard var entry = request.pointee.envp else { return result }
-        while let pair = entry.pointee {
-            let text = String(cString: pair)
-            if let equals = text.firstIndex(of: "=") {
-                result[String(text[..<equals])] = String(text[text.index(after: equals)...])
-            }
-            entry += 1
-        }
-        return result
     }
 
     /// Reads `expected` bytes (CONTENT_LENGTH, which nginx always sends when it buffers the

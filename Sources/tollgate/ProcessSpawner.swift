@@ -1,3 +1,5 @@
+import TollgateCore
+
 #if canImport(Glibc)
     import Glibc
 #endif
@@ -44,15 +46,6 @@ enum ProcessSpawner {
 /// The environment of this process as a dictionary.
 enum ProcessEnvironment {
     static func current() -> [String: String] {
-        var result: [String: String] = [:]
-        var entry = environ
-        while let pair = entry.pointee {
-            let text = String(cString: pair)
-            if let equals = text.firstIndex(of: "=") {
-                result[String(text[..<equals])] = String(text[text.index(after: equals)...])
-            }
-            entry += 1
-        }
-        return result
+        NameValueBlock.parse(environ)
     }
 }
