@@ -715,7 +715,7 @@ class MockUpstream:
             return
         chat = exchange.request.path == "/v1/chat/completions"
         exchange.prompt_tokens = 10 + sum(
-            len(s.encode()) for s in content_strings(body.get("messages" if chat else "input"))
+            len(s.encode("utf-8", "surrogatepass")) for s in content_strings(body.get("messages" if chat else "input"))
         ) // 4
         await exchange.conn.sleep(plan.stall_before)
         if plan.status is not None and plan.status >= 400:

@@ -37,7 +37,7 @@ final class BufferedForwarder: Forwarder {
     func finish(_ outcome: UpstreamOutcome) -> ForwardResult {
         var result = ForwardResult(
             status: 0, outcome: .upstreamError, reportedUsage: nil, relayedOutputBytes: 0,
-            upstreamResponded: bodyReceived)
+            upstreamResponded: bodyReceived && (200..<300).contains(response.status))
         switch outcome {
         case .clientGone:
             result.outcome = .clientAborted

@@ -9,7 +9,8 @@ struct ForwardResult {
     var reportedUsage: Usage?
     /// UTF-8 bytes of generated text relayed to the client, for estimates.
     var relayedOutputBytes: Int
-    /// Whether any upstream body arrived (the upstream worked on the request).
+    /// Whether a successful upstream answer started (the upstream worked on the request, so
+    /// usage it did not report must be estimated). An error answer does not count.
     var upstreamResponded: Bool
 }
 

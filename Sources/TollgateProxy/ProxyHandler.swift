@@ -51,7 +51,7 @@ public final class ProxyHandler {
         let ticket: AdmissionTicket
         let admission = AdmissionRequest(
             requestID: request.id, api: api, model: inspected.model, stream: inspected.stream,
-            reservedTokens: inspected.estimatedInputTokens + decision.outputTokens,
+            reservedTokens: Self.reservation(input: inspected.estimatedInputTokens, output: decision.outputTokens),
             estimatedInputTokens: inspected.estimatedInputTokens, client: request)
         switch service.metering.admit(admission) {
         case .rejected(let error):
@@ -107,12 +107,25 @@ public final class ProxyHandler {
             [(.requestID, request.id), (.status, String(error.status)), (.code, error.code ?? error.type)])
     }
 
+    /// Most tokens one reservation holds: far above any quota, and far from overflowing a sum
+    /// in Swift or a bigint in PostgreSQL, whatever output limit a client asks for.
+    static let largestReservation = 1 << 50
+
+    /// Tokens to hold for a request: its estimated input plus its output cap, bounded.
+    static func reservation(input: Int, output: Int) -> Int {
+        min(input, largestReservation) + min(output, largestReservation)
+    }
+
     /// Client headers the upstream may see. Authorization is never among them: the upstream
     /// gets the admitted key instead.
     private func forwardedHeaders(of request: ProxyRequest, stream: Bool) -> [(String, String)] {
         var headers: [(String, String)] = [("accept", stream ? "text/event-stream" : "application/json")]
         for name in ["openai-beta", "idempotency-key"] {
-            if let value = request.header(name) { headers.append((name, value)) }
+            // A control character could split the header on the wire: such a value is dropped.
+            guard let value = request.header(name),
+                !value.utf8.contains(where: { ($0 < 0x20 && $0 != 0x09) || $0 == 0x7F })
+            else { continue }
+            headers.append((name, value))
         }
         return headers
     }

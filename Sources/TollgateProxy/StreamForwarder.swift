@@ -65,7 +65,7 @@ final class StreamForwarder: Forwarder {
     func finish(_ outcome: UpstreamOutcome) -> ForwardResult {
         var result = ForwardResult(
             status: 0, outcome: .upstreamError, reportedUsage: nil, relayedOutputBytes: 0,
-            upstreamResponded: bodyReceived)
+            upstreamResponded: bodyReceived && (mode == .relaying || (200..<300).contains(buffered.status)))
         switch mode {
         case .awaitingHead, .buffering:
             finishUnstarted(outcome, into: &result)

@@ -178,6 +178,9 @@ final class Supervisor {
         for (name, value) in settings.environment { environment[name] = value }
         // The file is already merged: a worker reading it again would let it override flags.
         environment["TOLLGATE_SETTINGS_FILE"] = nil
+        // A crash report must not print memory around the registers: it may hold a key or
+        // prompt text. Operators can still choose their own setting.
+        environment["SWIFT_BACKTRACE"] = environment["SWIFT_BACKTRACE"] ?? "registers=none,sanitize=yes"
         environment["TOLLGATE_WORKER_INDEX"] = String(slot)
         environment["TOLLGATE_WORKER_ID"] = workerIDs[slot]
         environment["TOLLGATE_LISTEN_FD"] = String(WorkerProcess.listenDescriptor)
