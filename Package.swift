@@ -7,7 +7,9 @@ import PackageDescription
 let package = Package(
     name: "Tollgate",
     products: [
-        .executable(name: "tollgate", targets: ["tollgate"])
+        .executable(name: "tollgate", targets: ["tollgate"]),
+        // For the fuzzers in Fuzz/, a package of their own that depends on this one.
+        .library(name: "TollgateCore", targets: ["TollgateCore"]),
     ],
     targets: [
         .systemLibrary(name: "CFastCGI", pkgConfig: "fcgi", providers: [.apt(["libfcgi-dev"])]),

@@ -23,7 +23,7 @@ import openai
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-BINARY = ROOT / ".build" / "release" / "tollgate"
+BINARY = Path(os.environ.get("TOLLGATE_BINARY") or ROOT / ".build" / "release" / "tollgate")
 MOCK_SCRIPT = ROOT / "scripts" / "mock_upstream.py"
 CLIENT_KEY = "tg-test-client-key"
 PLATFORM_KEY = "sk-platform-test-key"

@@ -1,0 +1,1 @@
+../../../Tests/TollgateCoreTests/FuzzCorpusTests.swift

@@ -1,0 +1,13 @@
+import FuzzSupport
+
+/// libFuzzer's per-input entry point: upstream event streams (corpus: Tests/Fuzz/corpus/sse/).
+@_cdecl("LLVMFuzzerTestOneInput")
+public func fuzzTestOneInput(_ data: UnsafePointer<UInt8>?, _ size: Int) -> Int32 {
+    FuzzEntry.sse(data, size)
+}
+
+/// The process entry point (see `FuzzEntry.runDriver`).
+@_cdecl("SSEFuzzer_main")
+public func fuzzerMain(_ argc: Int32, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?) -> Int32 {
+    FuzzEntry.runDriver(argc, argv, fuzzTestOneInput)
+}
