@@ -5,7 +5,7 @@ PORT ?= 8080
 PG_PORT ?= 5433
 SWIFT_DIRS := Sources Tests
 
-.PHONY: help deps build run test unit e2e bench outage fuzz sanitize clean distclean format lint
+.PHONY: help deps build run test unit e2e bench outage soak fuzz sanitize clean distclean format lint
 
 help:
 	@echo "make run      dependencies, release build, then PostgreSQL :$(PG_PORT) and nginx :$(PORT) -> workers"
@@ -16,6 +16,8 @@ help:
 	@echo "make build    release build of .build/release/tollgate"
 	@echo "make bench    benchmarks side by side with nginx alone (PEERS=litellm adds LiteLLM)"
 	@echo "make outage   stop PostgreSQL for 10 s under load; the ledger must still match the upstream"
+	@echo "make soak     mixed traffic for 5 min at 200 clients: ledger = upstream, no overshoot, no restart,"
+	@echo "              no RSS growth (ARGS=--quick: 30 s)"
 	@echo "make fuzz     libFuzzer on the parsers of untrusted bytes (FUZZ_SECONDS each)"
 	@echo "make sanitize the end-to-end suite against AddressSanitizer and ThreadSanitizer builds"
 	@echo "make format   swift format, in place"
@@ -46,6 +48,9 @@ bench: deps build
 
 outage: deps build
 	python3 scripts/outage.py
+
+soak: deps build
+	python3 scripts/soak.py $(ARGS)
 
 fuzz: deps
 	bash scripts/fuzz.sh
