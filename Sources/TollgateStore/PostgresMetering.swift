@@ -138,7 +138,8 @@ public final class PostgresMetering: Metering {
         }
         do {
             if try Self.record(settlement, pool: pool) {
-                Log.info("usage.settled", settlement.logFields)
+                // The ledger row is the record; the log line is for debugging the data path.
+                Log.debug("usage.settled", settlement.logFields)
             } else {
                 Log.warning("usage.already_settled", [(.requestID, settlement.requestID)])
             }
