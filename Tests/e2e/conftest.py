@@ -131,6 +131,7 @@ class Kit:
     MARKER = MARKER
     MODEL = MODEL
     ROOT = ROOT
+    BINARY = BINARY
     MockControl = MockControl
     free_port = staticmethod(free_port)
     wait_until = staticmethod(wait_until)
