@@ -111,7 +111,7 @@ extension JSONParser {
         index += 2
     }
 
-    /// Decodes `\uXXXX`, pairing surrogates; a lone surrogate becomes U+FFFD.
+    /// Decodes a `\u` escape of four hex digits, pairing surrogates; a lone surrogate becomes U+FFFD.
     private mutating func parseUnicodeEscape() throws(JSONError) {
         let unit = try hexQuad(at: index + 2)
         index += 6

@@ -16,7 +16,7 @@ struct JSONDocumentTests {
         #expect(
             result
                 == "{ \"model\" :\t\"a\" ,\n \"stream_options\":  {\"x\":1,\"include_usage\":true} ,"
-                    + "\"stream_options\":2 }"
+                + "\"stream_options\":2 }"
         )
     }
 

@@ -119,7 +119,7 @@ struct RequestInspectorTests {
         #expect(
             upstreamText(request)
                 == "{ \"model\": \"m\",\n  \"messages\": [{\"role\":\"user\",\"content\":\"caf\\u00e9\"}], "
-                    + "\"stream\": true "
+                + "\"stream\": true "
                 + #","stream_options":{"include_usage":true}}"#)
     }
 

