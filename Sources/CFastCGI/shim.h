@@ -22,4 +22,16 @@ static inline int tg_fcgx_descriptor(const FCGX_Request *_Nonnull request) {
     return request->ipcFd;
 }
 
+/// Takes the connection away from libfcgi once the request has been read and its output
+/// flushed, so an event loop can finish the response: frees the request's streams and
+/// parameters without closing the descriptor, which is returned; FCGX_Finish_r then finds
+/// nothing left to write or close. `requestId` receives the FastCGI request id to answer with.
+static inline int tg_fcgx_detach(FCGX_Request *_Nonnull request, int *_Nonnull requestId) {
+    int fd = request->ipcFd;
+    *requestId = request->requestId;
+    FCGX_Free(request, 0);
+    request->ipcFd = -1;
+    return fd;
+}
+
 #endif

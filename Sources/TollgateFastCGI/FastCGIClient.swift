@@ -5,7 +5,7 @@ import TollgateProxy
 /// libfcgi's output stream.
 ///
 /// Owned by the request thread; the `FCGX_Request` it points to belongs to that thread too.
-final class FastCGIClient: ClientConnection {
+final class FastCGIClient: DetachableClient {
     private let request: UnsafeMutablePointer<FCGX_Request>
     /// Tollgate's id of the request, sent back as `x-tollgate-request-id`: the ledger's key, so
     /// a user's support question can be matched to its row.
@@ -24,13 +24,29 @@ final class FastCGIClient: ClientConnection {
     func sendHead(status: Int, headers: [(String, String)]) {
         guard !headSent else { return }
         headSent = true
-        var head = "Status: \(status) \(Self.reason(for: status))\r\n"
+        var bytes = Self.head(status: status, headers: headers, requestID: requestID)
+        put(&bytes)
+    }
+
+    /// The CGI-style response head nginx turns into the status line and headers.
+    static func head(status: Int, headers: [(String, String)], requestID: String) -> [UInt8] {
+        var head = "Status: \(status) \(reason(for: status))\r\n"
         for (name, value) in headers {
             head += "\(name): \(value)\r\n"
         }
         head += "x-tollgate-request-id: \(requestID)\r\n\r\n"
-        var bytes = Array(head.utf8)
-        put(&bytes)
+        return Array(head.utf8)
+    }
+
+    /// Flushes what libfcgi holds and takes the connection from it; nil when the client is gone.
+    func detachFromThread() -> (any DetachedClient)? {
+        guard flush() else { return nil }
+        var fastCGIRequestID: Int32 = 0
+        let descriptor = tg_fcgx_detach(request, &fastCGIRequestID)
+        gone = true  // libfcgi's streams are freed: nothing more goes through them
+        return FastCGIStreamClient(
+            descriptor: descriptor, fastCGIRequestID: UInt16(truncatingIfNeeded: fastCGIRequestID),
+            requestID: requestID, headSent: headSent)
     }
 
     func send(_ bytes: [UInt8]) {

@@ -6,14 +6,14 @@ import TollgateProxy
     import Glibc
 #endif
 
-// Limitation: a stream holds a request thread (stack, libfcgi buffers, a libcurl handle and its
-// connection) for its whole life: about 125 KiB of worker memory and 5 descriptors per open
-// stream were measured, so one machine holds about 5,000 concurrent streams within the 20,000
-// descriptor limit, not 10,000 within 512 MiB. Serving streams from an event loop is the fix.
+// Limitation: a non-stream request holds its request thread until the upstream has answered in
+// full, which for an LLM takes seconds; only streams move to the stream loop. `--threads` must
+// therefore cover the peak of concurrent non-stream requests per worker.
 
 /// The FastCGI transport of one worker process: an acceptor thread takes connections from the
 /// listening socket nginx connects to, and a fixed pool of request threads serves them with
-/// libfcgi, one request per thread for its whole life (a stream holds its thread).
+/// libfcgi, one request per thread. A stream's connection can leave its thread once admitted
+/// (`FastCGIClient.detachFromThread`), and the thread takes the next connection.
 ///
 /// The acceptor only accepts while a thread is idle, so a full worker leaves connections in
 /// the kernel queue for another worker. `stop` closes the door and lets the pool drain.

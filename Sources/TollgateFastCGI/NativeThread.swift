@@ -4,13 +4,13 @@
 
 /// Starts detached POSIX threads with a chosen stack size. Request threads block for the whole
 /// life of a stream, so a worker runs thousands of them; small stacks keep that affordable.
-enum NativeThread {
-    struct StartError: Error {
-        let code: Int32
+public enum NativeThread {
+    public struct StartError: Error {
+        public let code: Int32
     }
 
     /// Starts `body` on a new detached thread whose stack is `stackSize` bytes.
-    static func start(stackSize: Int, _ body: @escaping @Sendable () -> Void) throws(StartError) {
+    public static func start(stackSize: Int, _ body: @escaping @Sendable () -> Void) throws(StartError) {
         var attributes = pthread_attr_t()
         pthread_attr_init(&attributes)
         defer { pthread_attr_destroy(&attributes) }

@@ -61,23 +61,39 @@ public final class ProxyHandler {
             ticket = admitted
         }
 
+        let call = UpstreamRequest(
+            method: "POST", path: api.upstreamPath, query: request.query, body: decision.body,
+            apiKey: ticket.upstreamKey, headers: forwardedHeaders(of: request, stream: inspected.stream))
+        let settle = { (result: ForwardResult, firstByteAt: ContinuousClock.Instant?) in
+            Self.settlement(
+                of: inspected, ticket: ticket, result: result, requestID: request.id, startedAt: startedAt,
+                timeToFirstByte: firstByteAt.map { $0 - start }, duration: ContinuousClock.now - start)
+        }
+
+        if inspected.stream, let loop = service.streamLoop, let detached = client.detach() {
+            // From here the loop serves the stream and this thread is free for the next request.
+            let forwarder = StreamForwarder(
+                client: detached, api: api, clientWantsUsage: inspected.clientWantsUsage,
+                maxResponseBytes: service.maxResponseBytes)
+            let tracker = FirstByteTracker(forwarder)
+            let streams = service.detachedStreams
+            let metering = service.metering
+            streams.begin()
+            loop.start(call, to: tracker, client: detached) { outcome in
+                streams.settle(settle(forwarder.finish(outcome), tracker.firstByteAt), with: metering)
+            }
+            return
+        }
+
         let forwarder: any Forwarder =
             inspected.stream
             ? StreamForwarder(
                 client: client, api: api, clientWantsUsage: inspected.clientWantsUsage,
                 maxResponseBytes: service.maxResponseBytes)
             : BufferedForwarder(client: client, api: api, maxResponseBytes: service.maxResponseBytes)
-        let call = UpstreamRequest(
-            method: "POST", path: api.upstreamPath, query: request.query, body: decision.body,
-            apiKey: ticket.upstreamKey, headers: forwardedHeaders(of: request, stream: inspected.stream))
         let tracker = FirstByteTracker(forwarder)
         let outcome = upstream.send(call, to: tracker, watching: client.disconnectDescriptor)
-        let result = forwarder.finish(outcome)
-
-        service.metering.settle(
-            settlement(
-                of: inspected, ticket: ticket, result: result, request: request, startedAt: startedAt,
-                timeToFirstByte: tracker.firstByteAt.map { $0 - start }, duration: ContinuousClock.now - start))
+        service.metering.settle(settle(forwarder.finish(outcome), tracker.firstByteAt))
     }
 
     private func forwardModelList(_ request: ProxyRequest, _ client: any ClientConnection) {
@@ -130,8 +146,8 @@ public final class ProxyHandler {
         return headers
     }
 
-    private func settlement(
-        of inspected: InspectedRequest, ticket: AdmissionTicket, result: ForwardResult, request: ProxyRequest,
+    private static func settlement(
+        of inspected: InspectedRequest, ticket: AdmissionTicket, result: ForwardResult, requestID: String,
         startedAt: Int64, timeToFirstByte: Duration?, duration: Duration
     ) -> Settlement {
         var usage = result.reportedUsage ?? Usage()
@@ -142,7 +158,7 @@ public final class ProxyHandler {
                 outputTokens: TokenEstimator.tokens(forTextBytes: result.relayedOutputBytes))
         }
         return Settlement(
-            requestID: request.id, ticket: ticket, api: inspected.api, model: inspected.model,
+            requestID: requestID, ticket: ticket, api: inspected.api, model: inspected.model,
             stream: inspected.stream, outcome: result.outcome, status: result.status, usage: usage,
             usageIsEstimated: estimated, startedAtMicroseconds: startedAt, timeToFirstByte: timeToFirstByte,
             duration: duration)

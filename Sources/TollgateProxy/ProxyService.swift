@@ -10,15 +10,21 @@ public final class ProxyService: Sendable {
     /// Largest non-stream upstream body Tollgate holds in memory, in bytes.
     public let maxResponseBytes: Int
     let makeUpstream: @Sendable () -> any Upstream
+    /// Where streams go once admitted, so they hold no request thread; nil keeps each stream
+    /// on the thread that admitted it.
+    let streamLoop: (any StreamLoop)?
+    /// Streams handed to the loop and not yet settled.
+    public let detachedStreams = DetachedStreams()
 
     public init(
         router: Router, metering: any Metering, policy: Policy = Policy(), maxResponseBytes: Int = 64 << 20,
-        makeUpstream: @escaping @Sendable () -> any Upstream
+        streamLoop: (any StreamLoop)? = nil, makeUpstream: @escaping @Sendable () -> any Upstream
     ) {
         self.router = router
         self.metering = metering
         self.policy = policy
         self.maxResponseBytes = maxResponseBytes
+        self.streamLoop = streamLoop
         self.makeUpstream = makeUpstream
     }
 

@@ -4,17 +4,26 @@ import TollgateProxy
 /// The state of one upstream call while libcurl runs it: collects the response head, hands
 /// body bytes to the response handler and remembers whether the handler asked to stop.
 ///
-/// Reached from libcurl's C callbacks through an unretained pointer; lives on the calling
-/// thread's stack frame for the whole transfer.
+/// Reached from libcurl's C callbacks through an unretained pointer, so it must outlive the
+/// transfer: `CurlUpstream` keeps it in the calling thread's stack frame, the stream loop in
+/// the stream's `StreamTransfer`.
 final class CurlTransfer {
     let handler: any UpstreamResponseHandler
-    let easy: UnsafeMutableRawPointer
+    /// The libcurl handle running the transfer; set before it starts.
+    var easy: UnsafeMutableRawPointer?
     private(set) var headers: [(String, String)] = []
     private(set) var headDelivered = false
     private(set) var stoppedByHandler = false
     private(set) var lastActivity = ContinuousClock.now
+    /// Asked before each piece of body: true holds the transfer until `paused` is cleared and
+    /// libcurl resumed (the stream loop uses it while a client is slower than the upstream).
+    var shouldPause: (() -> Bool)?
+    var paused = false
+    /// Told after each header line or piece of body, which may have left client output pending
+    /// (the stream loop then looks at this stream's client, and only at it).
+    var afterCallback: (() -> Void)?
 
-    init(handler: any UpstreamResponseHandler, easy: UnsafeMutableRawPointer) {
+    init(handler: any UpstreamResponseHandler, easy: UnsafeMutableRawPointer? = nil) {
         self.handler = handler
         self.easy = easy
     }
@@ -43,9 +52,55 @@ final class CurlTransfer {
         return false
     }
 
+    /// Sets up `easy` for `request`. The body and header list are not copied: they must outlive
+    /// the transfer.
+    func configure(
+        _ request: UpstreamRequest, body: UnsafeRawBufferPointer, headers: CurlHeaderList, settings: UpstreamSettings
+    ) -> Bool {
+        guard let easy else { return false }
+        let context = Unmanaged.passUnretained(self).toOpaque()
+        let url = settings.baseURL + request.path + (request.query.isEmpty ? "" : "?" + request.query)
+        var codes = [
+            tg_curl_set_string(easy, CURLOPT_URL, url),
+            tg_curl_set_long(easy, CURLOPT_NOSIGNAL, 1),
+            tg_curl_set_long(easy, CURLOPT_CONNECTTIMEOUT_MS, CurlUpstream.milliseconds(settings.connectTimeout)),
+            tg_curl_set_pointer(easy, CURLOPT_HTTPHEADER, headers.pointer),
+            tg_curl_set_data_callback(easy, CURLOPT_HEADERFUNCTION, curlHeaderCallback),
+            tg_curl_set_pointer(easy, CURLOPT_HEADERDATA, context),
+            tg_curl_set_data_callback(easy, CURLOPT_WRITEFUNCTION, curlWriteCallback),
+            tg_curl_set_pointer(easy, CURLOPT_WRITEDATA, context),
+        ]
+        if request.method == "POST" {
+            codes.append(tg_curl_set_long(easy, CURLOPT_POST, 1))
+            codes.append(tg_curl_set_off(easy, CURLOPT_POSTFIELDSIZE_LARGE, curl_off_t(body.count)))
+            codes.append(
+                tg_curl_set_pointer(easy, CURLOPT_POSTFIELDS, UnsafeMutableRawPointer(mutating: body.baseAddress)))
+        } else {
+            codes.append(tg_curl_set_long(easy, CURLOPT_HTTPGET, 1))
+        }
+        return codes.allSatisfy { $0 == CURLE_OK }
+    }
+
+    /// How the transfer ended, given libcurl's result code for it.
+    func outcome(code: CURLcode) -> UpstreamOutcome {
+        if stoppedByHandler { return .abortedByHandler }
+        if code == CURLE_OK && headDelivered { return .completed }
+        if code == CURLE_OPERATION_TIMEDOUT && !headDelivered { return .failed(.timedOut) }
+        if code != CURLE_OK {
+            Log.warning("upstream.transfer_failed", [(.code, String(code.rawValue))])
+        }
+        return .failed(headDelivered ? .interrupted : .unreachable)
+    }
+
+    /// Counts as upstream activity: after a pause for a slow client, the silence was not the
+    /// upstream's.
+    func touch() {
+        lastActivity = ContinuousClock.now
+    }
+
     private func endOfHead() -> Bool {
         var status = 0
-        guard tg_curl_get_long(easy, CURLINFO_RESPONSE_CODE, &status) == CURLE_OK else { return false }
+        guard let easy, tg_curl_get_long(easy, CURLINFO_RESPONSE_CODE, &status) == CURLE_OK else { return false }
         if (100..<200).contains(status) { return true }
         headDelivered = true
         if handler.upstreamDidReceiveHead(status: status, headers: headers) { return true }
@@ -61,4 +116,29 @@ final class CurlTransfer {
         while let last = value.last, last == 32 || last == 9 || last == 13 || last == 10 { value = value.dropLast() }
         return (name, String(decoding: value, as: UTF8.self))
     }
+}
+
+private func curlHeaderCallback(
+    _ data: UnsafeMutablePointer<CChar>, _ size: Int, _ count: Int, _ context: UnsafeMutableRawPointer?
+) -> Int {
+    guard let context else { return 0 }
+    let transfer = Unmanaged<CurlTransfer>.fromOpaque(context).takeUnretainedValue()
+    let line = UnsafeRawBufferPointer(start: data, count: size * count)
+    defer { transfer.afterCallback?() }
+    return transfer.receiveHeaderLine(line) ? size * count : 0
+}
+
+private func curlWriteCallback(
+    _ data: UnsafeMutablePointer<CChar>, _ size: Int, _ count: Int, _ context: UnsafeMutableRawPointer?
+) -> Int {
+    guard let context else { return 0 }
+    let transfer = Unmanaged<CurlTransfer>.fromOpaque(context).takeUnretainedValue()
+    if let shouldPause = transfer.shouldPause, shouldPause() {
+        // libcurl keeps these bytes and delivers them again once the transfer is resumed.
+        transfer.paused = true
+        return tg_curl_write_pause
+    }
+    let bytes = UnsafeRawBufferPointer(start: data, count: size * count)
+    defer { transfer.afterCallback?() }
+    return transfer.receiveBody(bytes) ? size * count : 0
 }

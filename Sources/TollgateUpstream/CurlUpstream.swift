@@ -38,9 +38,8 @@ public final class CurlUpstream: Upstream {
         curl_easy_reset(easy)
         let transfer = CurlTransfer(handler: handler, easy: easy)
         guard let headerList = CurlHeaderList(request: request) else { return .failed(.unreachable) }
-        let context = Unmanaged.passUnretained(transfer).toOpaque()
         return request.body.withUnsafeBytes { body in
-            guard configure(easy, request, body: body, headers: headerList, context: context) else {
+            guard transfer.configure(request, body: body, headers: headerList, settings: settings) else {
                 Log.error("upstream.configure_failed")
                 return .failed(.unreachable)
             }
@@ -57,33 +56,6 @@ public final class CurlUpstream: Upstream {
         if multi == nil { multi = curl_multi_init() }
         guard let easy, let multi else { return nil }
         return (easy, multi)
-    }
-
-    private func configure(
-        _ easy: UnsafeMutableRawPointer, _ request: UpstreamRequest, body: UnsafeRawBufferPointer,
-        headers: CurlHeaderList, context: UnsafeMutableRawPointer
-    ) -> Bool {
-        let url = settings.baseURL + request.path + (request.query.isEmpty ? "" : "?" + request.query)
-        var codes = [
-            tg_curl_set_string(easy, CURLOPT_URL, url),
-            tg_curl_set_long(easy, CURLOPT_NOSIGNAL, 1),
-            tg_curl_set_long(easy, CURLOPT_CONNECTTIMEOUT_MS, Self.milliseconds(settings.connectTimeout)),
-            tg_curl_set_pointer(easy, CURLOPT_HTTPHEADER, headers.pointer),
-            tg_curl_set_data_callback(easy, CURLOPT_HEADERFUNCTION, curlHeaderCallback),
-            tg_curl_set_pointer(easy, CURLOPT_HEADERDATA, context),
-            tg_curl_set_data_callback(easy, CURLOPT_WRITEFUNCTION, curlWriteCallback),
-            tg_curl_set_pointer(easy, CURLOPT_WRITEDATA, context),
-        ]
-        if request.method == "POST" {
-            // The body is not copied: it outlives the transfer, which runs inside send().
-            codes.append(tg_curl_set_long(easy, CURLOPT_POST, 1))
-            codes.append(tg_curl_set_off(easy, CURLOPT_POSTFIELDSIZE_LARGE, curl_off_t(body.count)))
-            codes.append(
-                tg_curl_set_pointer(easy, CURLOPT_POSTFIELDS, UnsafeMutableRawPointer(mutating: body.baseAddress)))
-        } else {
-            codes.append(tg_curl_set_long(easy, CURLOPT_HTTPGET, 1))
-        }
-        return codes.allSatisfy { $0 == CURLE_OK }
     }
 
     /// Drives the transfer until it ends, times out, or the client leaves.
@@ -122,35 +94,11 @@ public final class CurlUpstream: Upstream {
         while let message = curl_multi_info_read(multi, &remaining) {
             if message.pointee.msg == CURLMSG_DONE { code = message.pointee.data.result }
         }
-        if transfer.stoppedByHandler { return .abortedByHandler }
-        if code == CURLE_OK && transfer.headDelivered { return .completed }
-        if code == CURLE_OPERATION_TIMEDOUT && !transfer.headDelivered { return .failed(.timedOut) }
-        if code != CURLE_OK {
-            Log.warning("upstream.transfer_failed", [(.code, String(code.rawValue))])
-        }
-        return .failed(transfer.headDelivered ? .interrupted : .unreachable)
+        return transfer.outcome(code: code)
     }
 
     static func milliseconds(_ duration: Duration) -> Int {
         let (seconds, attoseconds) = duration.components
         return max(0, Int(seconds) * 1000 + Int(attoseconds / 1_000_000_000_000_000))
     }
-}
-
-private func curlHeaderCallback(
-    _ data: UnsafeMutablePointer<CChar>, _ size: Int, _ count: Int, _ context: UnsafeMutableRawPointer?
-) -> Int {
-    guard let context else { return 0 }
-    let transfer = Unmanaged<CurlTransfer>.fromOpaque(context).takeUnretainedValue()
-    let line = UnsafeRawBufferPointer(start: data, count: size * count)
-    return transfer.receiveHeaderLine(line) ? size * count : 0
-}
-
-private func curlWriteCallback(
-    _ data: UnsafeMutablePointer<CChar>, _ size: Int, _ count: Int, _ context: UnsafeMutableRawPointer?
-) -> Int {
-    guard let context else { return 0 }
-    let transfer = Unmanaged<CurlTransfer>.fromOpaque(context).takeUnretainedValue()
-    let bytes = UnsafeRawBufferPointer(start: data, count: size * count)
-    return transfer.receiveBody(bytes) ? size * count : 0
 }

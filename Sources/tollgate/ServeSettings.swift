@@ -10,6 +10,9 @@ struct ServeSettings {
     var threads = 2048
     /// Stack of each request thread, in KiB.
     var stackKiB = 256
+    /// Whether admitted streams move to the worker's event loop (true) or keep their request
+    /// thread for their whole life.
+    var streamLoop = true
     var upstreamURL = "https://api.openai.com/v1"
     var upstreamKey = ""
     var basePath = "/v1"

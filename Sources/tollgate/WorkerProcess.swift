@@ -29,9 +29,17 @@ enum WorkerProcess {
             baseURL: settings.upstreamURL, connectTimeout: settings.connectTimeout,
             responseTimeout: settings.upstreamTimeout, idleTimeout: settings.upstreamIdleTimeout)
         guard let metering = makeMetering(settings: settings, index: index) else { return 1 }
+        let streamLoop: CurlStreamLoop?
+        do {
+            streamLoop = settings.streamLoop ? try CurlStreamLoop(settings: upstreamSettings) : nil
+            try streamLoop?.run { try NativeThread.start(stackSize: 1 << 20, $0) }
+        } catch {
+            Log.error("worker.start_failed", [(.worker, index), (.detail, String(describing: error))])
+            return 1
+        }
         let service = ProxyService(
             router: Router(basePath: settings.basePath), metering: metering,
-            policy: settings.policy,
+            policy: settings.policy, streamLoop: streamLoop,
             makeUpstream: { CurlUpstream(settings: upstreamSettings) })
         let server = FastCGIServer(
             listenDescriptor: listenDescriptor,
@@ -52,7 +60,11 @@ enum WorkerProcess {
             if received == SIGTERM || received == SIGINT || getppid() != parent { break }
         }
         Log.info("worker.stopping", [(.worker, index), (.inFlight, String(server.inFlight))])
-        let left = server.stop(grace: settings.grace)
+        let stopStarted = ContinuousClock.now
+        var left = server.stop(grace: settings.grace)
+        // Streams the loop serves finish (and settle) within the same grace period.
+        left += service.detachedStreams.waitUntilSettled(
+            timeout: max(.zero, settings.grace - (ContinuousClock.now - stopStarted)))
         // Replays what this worker journaled while the database was away, rather than leaving
         // it for another worker to adopt.
         (metering as? PostgresMetering)?.finishJournal()

@@ -238,8 +238,9 @@ def build_stack(name: str, http_port: int, mock_port: int | None, **options: obj
     from stack import Stack
 
     env = {**STACK_ENV, **options.pop("env", {})}
-    return Stack(ROOT, name=name, http_port=http_port, mock_port=mock_port, workers=2, threads=32,
-                 env=env, **options)
+    options.setdefault("workers", 2)
+    options.setdefault("threads", 32)
+    return Stack(ROOT, name=name, http_port=http_port, mock_port=mock_port, env=env, **options)
 
 
 def started(stack):
