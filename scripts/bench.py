@@ -379,8 +379,9 @@ class Bench:
             if key == "floor":
                 target = self.floor_target(paced=True)
             else:
-                # As many threads as streams, over 2 workers, plus room for the non-stream probe.
-                threads = max(64, steps[-1] // 2 + 200)
+                # Streams live in each worker's stream loop, not on a thread: the request threads
+                # only admit them and serve the non-stream probe.
+                threads = 256
                 target = self.start_tollgate(key, f"bench-{key}-capacity", self.settings.port_base + 30, 2,
                                              threads, paced=True)
             if not self.usable("capacity", [target], stream=False):

@@ -54,6 +54,14 @@ final class FastCGIClient: DetachableClient {
         put(&bytes)
     }
 
+    /// Flushes and completes the FastCGI request now; the server's own `FCGX_Finish_r` after
+    /// the handler returns then finds nothing left to do.
+    func end() {
+        guard !gone else { return }
+        gone = true
+        FCGX_Finish_r(request)
+    }
+
     func flush() -> Bool {
         guard !gone, let out = request.pointee.out else { return false }
         if FCGX_FFlush(out) < 0 { gone = true }

@@ -93,6 +93,7 @@ final class FastCGIStreamClient: DetachedClient {
         }
     }
 
+    /// Queues the end of the response; the loop closes the connection once it is written.
     func end() {
         guard !gone else { return }
         // An empty stdout record ends the stream; END_REQUEST with status 0 completes the request.

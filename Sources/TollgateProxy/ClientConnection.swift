@@ -16,6 +16,10 @@ public protocol ClientConnection: AnyObject {
     /// A descriptor that turns readable or hung up when the client goes away while Tollgate
     /// waits on the upstream, or -1 when the transport cannot tell.
     var disconnectDescriptor: Int32 { get }
+
+    /// Ends the response: nginx completes it for the client, so what follows (settling the
+    /// request in the database) no longer delays the client. Nothing may be sent afterwards.
+    func end()
 }
 
 extension ClientConnection {
@@ -50,9 +54,6 @@ public protocol DetachedClient: ClientConnection {
     /// Reads and discards what nginx sent after the request (such as the last, empty record of
     /// its body), without blocking. False once nginx closed the connection: the client left.
     func discardInput() -> Bool
-
-    /// Queues the end of the response. The loop closes the connection once it is written.
-    func end()
 
     /// Closes the connection, whatever is still pending.
     func close()

@@ -93,7 +93,9 @@ public final class ProxyHandler {
             : BufferedForwarder(client: client, api: api, maxResponseBytes: service.maxResponseBytes)
         let tracker = FirstByteTracker(forwarder)
         let outcome = upstream.send(call, to: tracker, watching: client.disconnectDescriptor)
-        service.metering.settle(settle(forwarder.finish(outcome), tracker.firstByteAt))
+        let result = forwarder.finish(outcome)
+        client.end()
+        service.metering.settle(settle(result, tracker.firstByteAt))
     }
 
     private func forwardModelList(_ request: ProxyRequest, _ client: any ClientConnection) {

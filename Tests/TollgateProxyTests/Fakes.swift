@@ -50,6 +50,9 @@ final class RecordingClient: ClientConnection {
     private(set) var flushedPieces: [[UInt8]] = []
     private var unflushed: [UInt8] = []
     var leavesAfterFlushes = Int.max
+    /// Set by `end`; nothing may be sent after it.
+    private(set) var ended = false
+    private(set) var sentAfterEnd = false
 
     var disconnectDescriptor: Int32 { -1 }
 
@@ -65,7 +68,12 @@ final class RecordingClient: ClientConnection {
     }
 
     func send(_ bytes: [UInt8]) {
+        if ended { sentAfterEnd = true }
         unflushed.append(contentsOf: bytes)
+    }
+
+    func end() {
+        ended = true
     }
 
     func flush() -> Bool {
@@ -97,7 +105,11 @@ final class RecordingMetering: Metering, @unchecked Sendable {
         .admitted(AdmissionTicket(upstreamKey: "sk-upstream-test", keySource: .platform))
     }
 
+    /// Runs inside `settle`, before the settlement is kept.
+    var onSettle: (() -> Void)?
+
     func settle(_ settlement: Settlement) {
+        onSettle?()
         settlements.append(settlement)
     }
 }

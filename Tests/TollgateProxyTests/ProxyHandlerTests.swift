@@ -43,6 +43,28 @@ struct ProxyHandlerTests {
         #expect(settlement?.usageIsEstimated == false)
     }
 
+    @Test("the response is complete before the request is settled, so settling never delays the client")
+    func endsBeforeSettling() {
+        for stream in [false, true] {
+            var script = ScriptedUpstream.Script()
+            script.chunks = [Array(Self.chatAnswer.utf8)]
+            if stream {
+                script = StreamForwardingTests.streamScript(
+                    [StreamForwardingTests.chunk("Hi") + StreamForwardingTests.usageChunk + "data: [DONE]\n\n"])
+            }
+            let harness = Harness(script)
+            var endedWhenSettling: Bool?
+            harness.metering.onSettle = { endedWhenSettling = harness.client.ended }
+
+            harness.run(
+                path: "/v1/chat/completions", body: stream ? StreamForwardingTests.streamBody : Self.chatBody)
+
+            #expect(endedWhenSettling == true, "stream: \(stream)")
+            #expect(!harness.client.sentAfterEnd)
+            #expect(harness.metering.settlements.count == 1)
+        }
+    }
+
     @Test("a Responses answer is settled from its usage object")
     func responsesUsage() {
         var script = ScriptedUpstream.Script()

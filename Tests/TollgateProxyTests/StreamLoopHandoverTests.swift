@@ -24,6 +24,10 @@ final class DetachableRecordingClient: DetachableClient {
         onThread.flush()
     }
 
+    func end() {
+        onThread.end()
+    }
+
     func detachFromThread() -> (any DetachedClient)? {
         let client = RecordingDetachedClient()
         detached = client
