@@ -16,7 +16,9 @@ struct NameValueBlockTests {
             return entry
         }
         pointers.append(nil)
-        defer { pointers.forEach { $0?.deallocate() } }
+        defer {
+            for pointer in pointers { pointer?.deallocate() }
+        }
         return pointers.withUnsafeMutableBufferPointer { NameValueBlock.parse($0.baseAddress) }
     }
 
