@@ -81,3 +81,20 @@ public struct AdmissionTicket: Sendable {
         self.reservedTokens = reservedTokens
     }
 }
+
+/// Metering that answers many requests in one call, so that a busy worker pays one database
+/// round trip for a batch of admissions or settlements instead of one each.
+///
+/// Called from the worker's metering threads, never from its event loop: every method may
+/// block (a database round trip, a journal sync). Answers come back in the order asked.
+public protocol BatchMetering: Sendable {
+    /// Decides each request as `Metering.admit` would; `requests` and the result line up.
+    func admit(_ requests: [AdmissionRequest]) -> [Admission]
+
+    /// Decides whether a caller may list models, and with which upstream key.
+    func admitListing(from client: ProxyRequest) -> Admission
+
+    /// Records each settlement (ledger row, counters, reservation released), or keeps it
+    /// durably when the database is away. Returns once every one is recorded or kept.
+    func settle(_ settlements: [Settlement])
+}
