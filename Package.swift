@@ -15,17 +15,23 @@ let package = Package(
         .systemLibrary(name: "CFastCGI", pkgConfig: "fcgi", providers: [.apt(["libfcgi-dev"])]),
         .systemLibrary(name: "CCurl", pkgConfig: "libcurl", providers: [.apt(["libcurl4-openssl-dev"])]),
         .systemLibrary(name: "CPostgres", pkgConfig: "libpq", providers: [.apt(["libpq-dev"])]),
+        .systemLibrary(name: "CEventLoop"),
         .target(name: "TollgateCore"),
-        .target(name: "TollgateProxy", dependencies: ["TollgateCore"]),
-        .target(name: "TollgateUpstream", dependencies: ["TollgateCore", "TollgateProxy", "CCurl"]),
-        .target(name: "TollgateFastCGI", dependencies: ["TollgateCore", "TollgateProxy", "CFastCGI"]),
+        .target(name: "TollgateLoop", dependencies: ["CEventLoop"]),
+        .target(name: "TollgateProxy", dependencies: ["TollgateCore", "TollgateLoop"]),
+        .target(name: "TollgateUpstream", dependencies: ["TollgateCore", "TollgateLoop", "TollgateProxy", "CCurl"]),
+        .target(
+            name: "TollgateFastCGI", dependencies: ["TollgateCore", "TollgateLoop", "TollgateProxy", "CFastCGI", "CEventLoop"]),
         .target(name: "TollgateStore", dependencies: ["TollgateCore", "TollgateProxy", "CPostgres"]),
         .executableTarget(
             name: "tollgate",
-            dependencies: ["TollgateCore", "TollgateProxy", "TollgateUpstream", "TollgateFastCGI", "TollgateStore"]
+            dependencies: [
+                "TollgateCore", "TollgateLoop", "TollgateProxy", "TollgateUpstream", "TollgateFastCGI", "TollgateStore",
+            ]
         ),
         .testTarget(name: "TollgateCoreTests", dependencies: ["TollgateCore"]),
-        .testTarget(name: "TollgateProxyTests", dependencies: ["TollgateProxy", "TollgateCore"]),
+        .testTarget(name: "TollgateProxyTests", dependencies: ["TollgateProxy", "TollgateCore", "TollgateLoop"]),
+        .testTarget(name: "TollgateFastCGITests", dependencies: ["TollgateFastCGI"]),
         .testTarget(name: "TollgateStoreTests", dependencies: ["TollgateStore", "TollgateProxy", "TollgateCore"]),
     ],
     swiftLanguageModes: [.v6]

@@ -193,8 +193,7 @@ class Bench:
     def upstream_url(self, paced: bool = False) -> str:
         return f"http://127.0.0.1:{self.ports['paced' if paced else 'canned']}/v1"
 
-    def start_tollgate(self, key: str, name: str, port: int, workers: int, threads: int,
-                       paced: bool = False) -> Target:
+    def start_tollgate(self, key: str, name: str, port: int, workers: int, paced: bool = False) -> Target:
         """A Tollgate stack (metering off, or on when key == "on") as a target.
 
         A target that cannot run gets `na` (why) instead of a URL; the benchmark goes on without it.
@@ -204,12 +203,12 @@ class Bench:
             target.na = self.metering_na
             return target
         env = {"TOLLGATE_GRACE": "2", "TOLLGATE_UPSTREAM_KEY": "sk-bench-canned-upstream"}
-        options: dict = {"name": name, "http_port": port, "mock_port": None, "workers": workers, "threads": threads,
+        options: dict = {"name": name, "http_port": port, "mock_port": None, "workers": workers,
                          "upstream_url": self.upstream_url(paced), "env": env}
         if key == "on":
             options.update(database=True, pg_port=port + 100)
         stack = Stack(ROOT, **options)
-        self.say(f"starting {name}: {workers} worker(s) x {threads} threads on :{port}"
+        self.say(f"starting {name}: {workers} worker(s) on :{port}"
                  + (" with PostgreSQL" if key == "on" else ""))
         self.stacks.append(stack)
         try:
@@ -351,7 +350,7 @@ class Bench:
                     target = replace(main[key], key=f"{key}@2")
                 else:
                     port = base + (0 if key == "off" else 2) + (0 if workers == 1 else 4)
-                    target = replace(self.start_tollgate(key, f"bench-{key}-w{workers}", port, workers, 128),
+                    target = replace(self.start_tollgate(key, f"bench-{key}-w{workers}", port, workers),
                                      key=f"{key}@{workers}")
                 targets.append((workers, target))
         checked = self.usable("scaling", [floor] + [t for _, t in targets], stream=False)
@@ -379,11 +378,8 @@ class Bench:
             if key == "floor":
                 target = self.floor_target(paced=True)
             else:
-                # Streams live in each worker's stream loop, not on a thread: the request threads
-                # only admit them and serve the non-stream probe.
-                threads = 256
                 target = self.start_tollgate(key, f"bench-{key}-capacity", self.settings.port_base + 30, 2,
-                                             threads, paced=True)
+                                             paced=True)
             if not self.usable("capacity", [target], stream=False):
                 self.stop_stack(target)
                 continue
@@ -545,8 +541,8 @@ class Bench:
     def run_main_group(self, scenarios: list[str]) -> None:
         floor = self.floor_target()
         port = self.settings.port_base + 10
-        main = {"off": self.start_tollgate("off", "bench-off", port, 2, 128),
-                "on": self.start_tollgate("on", "bench-on", port + 1, 2, 128)}
+        main = {"off": self.start_tollgate("off", "bench-off", port, 2),
+                "on": self.start_tollgate("on", "bench-on", port + 1, 2)}
         peers = [self.start_litellm()] if "litellm" in self.settings.peers else []
         if "nonstream64" in scenarios:
             self.run_wrk_scenario("nonstream64", [floor, main["off"], main["on"]] + peers, 64)

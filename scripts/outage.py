@@ -309,7 +309,7 @@ def main(argv: list[str]) -> int:
     # TOLLGATE_SQL_DIR: a binary built elsewhere (TOLLGATE_BINARY) still migrates from this repository.
     env = {"TOLLGATE_GRACE": "5", "TOLLGATE_OUTAGE_POLICY": args.policy, "TOLLGATE_DATABASE_TIMEOUT": "2",
            "TOLLGATE_SQL_DIR": str(ROOT / "sql")}
-    stack = Stack(ROOT, name="outage", http_port=args.port, mock_port=args.mock_port, workers=2, threads=64,
+    stack = Stack(ROOT, name="outage", http_port=args.port, mock_port=args.mock_port, workers=2,
                   env=env, database=True)
     # A journal left by an earlier run belongs to that run's database, not to this fresh one.
     shutil.rmtree(stack.run_dir / "journal", ignore_errors=True)

@@ -4,8 +4,8 @@
     python3 scripts/soak.py [--duration 300] [--concurrency 200] [--quick] [--warmup S]
                             [--users 20] [--port 18065] [--mock-port 18165] [--seed N]
 
-Starts a stack with its own PostgreSQL (scripts/stack.py, Stack(database=True), 2 workers of
-256 threads), USERS users with keys (a few with quotas small enough to run out during the run)
+Starts a stack with its own PostgreSQL (scripts/stack.py, Stack(database=True), 2 workers),
+USERS users with keys (a few with quotas small enough to run out during the run)
 and CONCURRENCY client threads. Each client sends requests one after another: chat completions
 and Responses, streamed and not, every one with an output limit so its reservation bounds what
 it can spend. 2% of the streams are closed by their client after the first content event; 2% of
@@ -479,7 +479,6 @@ def parse(argv: list[str]) -> argparse.Namespace:
                         help="seconds before the reference RSS sample (30; --quick: 10)")
     parser.add_argument("--users", type=int, default=20, help=f"users (20; the first {len(SMALL_QUOTAS)} run out)")
     parser.add_argument("--workers", type=int, default=2, help="worker processes (2)")
-    parser.add_argument("--threads", type=int, default=256, help="threads per worker (256)")
     parser.add_argument("--port", type=int, default=18065, help="nginx port on 127.0.0.1 (18065)")
     parser.add_argument("--mock-port", type=int, default=18165, help="mock upstream port (18165)")
     parser.add_argument("--seed", type=int, default=1, help="seed of the traffic mix (1)")
@@ -497,14 +496,14 @@ def main(argv: list[str]) -> int:
     env = {"TOLLGATE_GRACE": "10", "TOLLGATE_UPSTREAM_TIMEOUT": "30", "TOLLGATE_UPSTREAM_IDLE_TIMEOUT": "30",
            "TOLLGATE_SQL_DIR": str(ROOT / "sql")}
     stack = Stack(ROOT, name="soak", http_port=args.port, mock_port=args.mock_port, workers=args.workers,
-                  threads=args.threads, env=env, database=True)
+                  env=env, database=True)
     watch = Watch()
     try:
         stack.start()
         accounts = make_accounts(stack, args.users)
         watch.sample(stack, 0.0)
         print(f"stack up: nginx :{args.port}, mock :{args.mock_port}, PostgreSQL :{stack.pg_port}, "
-              f"{args.workers} workers x {args.threads} threads, {args.users} users; {args.concurrency} clients "
+              f"{args.workers} workers, {args.users} users; {args.concurrency} clients "
               f"for {args.duration:g} s", flush=True)
         tally = run_load(stack, accounts, args, watch)
         found = examine(stack, args, accounts, tally, watch)

@@ -307,7 +307,7 @@ class Stack:
     """
 
     def __init__(self, root: Path, name: str = "test", http_port: int = 18080,
-                 mock_port: int | None = 18090, workers: int | None = 2, threads: int | None = 64,
+                 mock_port: int | None = 18090, workers: int | None = 2, threads: int | None = None,
                  upstream_url: str | None = None, base_path: str = "/v1",
                  env: dict[str, str] | None = None, database: bool = False, pg_port: int | None = None,
                  database_url: str | None = None, migrate: bool | None = None,

@@ -3,8 +3,6 @@
 
 #include <curl/curl.h>
 #include <stdint.h>
-#include <sys/epoll.h>
-#include <sys/eventfd.h>
 
 // curl_easy_setopt and curl_easy_getinfo are variadic, which Swift cannot call: these typed
 // wrappers are the only way the upstream client touches them.
@@ -44,8 +42,8 @@ static inline CURLcode tg_curl_share_set_lock(CURLSH *_Nonnull share, CURLSHopti
     return curl_share_setopt(share, option, value);
 }
 
-// The stream loop drives many transfers at once through libcurl's multi socket interface:
-// curl_multi_setopt is variadic too, and epoll's event struct is packed, so both get wrappers.
+// The event loop drives many transfers at once through libcurl's multi socket interface, whose
+// curl_multi_setopt is variadic too.
 
 typedef int (*tg_curl_socket_callback)(CURL *_Nullable easy, curl_socket_t socket, int what,
                                        void *_Nullable context, void *_Nullable socketContext);
@@ -63,41 +61,12 @@ static inline CURLMcode tg_curl_multi_set_timer_callback(CURLM *_Nonnull multi, 
     return code != CURLM_OK ? code : curl_multi_setopt(multi, CURLMOPT_TIMERDATA, context);
 }
 
+static inline CURLMcode tg_curl_multi_set_long(CURLM *_Nonnull multi, CURLMoption option, long value) {
+    return curl_multi_setopt(multi, option, value);
+}
+
 static const size_t tg_curl_write_pause = CURL_WRITEFUNC_PAUSE;
 static const int tg_curl_pause_continue = CURLPAUSE_CONT;
 static const curl_socket_t tg_curl_socket_timeout = CURL_SOCKET_TIMEOUT;
-
-static const uint32_t tg_epoll_in = EPOLLIN;
-static const uint32_t tg_epoll_out = EPOLLOUT;
-static const uint32_t tg_epoll_error = EPOLLERR | EPOLLHUP;
-static const uint32_t tg_epoll_hang_up = EPOLLRDHUP;
-
-/// One ready descriptor, unpacked.
-typedef struct {
-    uint32_t events;
-    uint64_t data;
-} tg_epoll_ready;
-
-/// Adds, changes or removes (events == 0) the interest in `fd`; `data` comes back with its events.
-static inline int tg_epoll_watch(int epoll, int fd, uint32_t events, uint64_t data, int add) {
-    struct epoll_event event = {.events = events, .data = {.u64 = data}};
-    if (events == 0) return epoll_ctl(epoll, EPOLL_CTL_DEL, fd, &event);
-    return epoll_ctl(epoll, add ? EPOLL_CTL_ADD : EPOLL_CTL_MOD, fd, &event);
-}
-
-/// Waits like epoll_wait and copies at most `capacity` (up to 256) ready descriptors into `ready`.
-static inline int tg_epoll_wait(int epoll, tg_epoll_ready *_Nonnull ready, int capacity, int timeoutMilliseconds) {
-    struct epoll_event events[256];
-    int count = epoll_wait(epoll, events, capacity < 256 ? capacity : 256, timeoutMilliseconds);
-    for (int index = 0; index < count; index++) {
-        ready[index].events = events[index].events;
-        ready[index].data = events[index].data.u64;
-    }
-    return count;
-}
-
-static inline int tg_eventfd(void) {
-    return eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-}
 
 #endif

@@ -1,5 +1,5 @@
-/// A C array of `NAME=value` strings ending with a null pointer, as libfcgi hands over CGI
-/// parameters and as `environ` holds the environment.
+/// A C array of `NAME=value` strings ending with a null pointer, as `environ` holds the
+/// environment.
 public enum NameValueBlock {
     /// The entries by name; an entry without `=` is skipped, a later duplicate wins. Bytes that
     /// are not UTF-8 become U+FFFD.
@@ -8,7 +8,6 @@ public enum NameValueBlock {
         guard var entry = block else { return result }
         while let pair = entry.pointee {
             entry += 1
-            // Scanned as bytes: this runs for every parameter of every request.
             let bytes = UnsafeRawPointer(pair).assumingMemoryBound(to: UInt8.self)
             var length = 0
             var equals = -1

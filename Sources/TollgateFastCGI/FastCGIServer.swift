@@ -1,36 +1,28 @@
-import CFastCGI
-import TollgateCore
+import Synchronization
+import TollgateLoop
 import TollgateProxy
 
 #if canImport(Glibc)
     import Glibc
 #endif
 
-// Limitation: a non-stream request holds its request thread until the upstream has answered in
-// full, which for an LLM takes seconds; only streams move to the stream loop. `--threads` must
-// therefore cover the peak of concurrent non-stream requests per worker.
-
-/// The FastCGI transport of one worker process: an acceptor thread takes connections from the
-/// listening socket nginx connects to, and a fixed pool of request threads serves them with
-/// libfcgi, one request per thread. A stream's connection can leave its thread once admitted
-/// (`FastCGIClient.detachFromThread`), and the thread takes the next connection.
+/// The FastCGI transport of one worker process: a few event loops (usually one), each on a
+/// thread of its own, accept connections from nginx on the listening socket and serve any
+/// number of requests at once, streams included, without a thread per request.
 ///
-/// The acceptor only accepts while a thread is idle, so a full worker leaves connections in
-/// the kernel queue for another worker. `stop` closes the door and lets the pool drain.
+/// `stop` closes the door and lets the requests in flight finish.
 ///
-/// `@unchecked Sendable`: after `start`, the only mutable state is in `ConnectionQueue` (which
-/// locks) and the stop pipe, whose descriptors never change.
+/// `@unchecked Sendable`: `loops` is written once in `start`, before any other thread sees the
+/// server; each `FastCGILoop` is only touched on its own loop's thread, through `execute`.
 public final class FastCGIServer: @unchecked Sendable {
     public struct Settings: Sendable {
-        public var threads: Int
-        /// Stack of each request thread, in bytes.
-        public var stackSize: Int
+        /// Event loops (threads) in this worker process.
+        public var loops: Int
         /// Largest request body read, in bytes (nginx's client_max_body_size should be lower).
         public var maxBodyBytes: Int
 
-        public init(threads: Int, stackSize: Int = 256 << 10, maxBodyBytes: Int = 16 << 20) {
-            self.threads = threads
-            self.stackSize = stackSize
+        public init(loops: Int = 1, maxBodyBytes: Int = 16 << 20) {
+            self.loops = loops
             self.maxBodyBytes = maxBodyBytes
         }
     }
@@ -41,116 +33,80 @@ public final class FastCGIServer: @unchecked Sendable {
 
     let listenDescriptor: Int32
     let settings: Settings
-    let service: ProxyService
-    let queue: ConnectionQueue
-    /// Written once by `stop` to wake the acceptor out of `poll`.
-    private var stopPipe: [Int32] = [-1, -1]
-    /// A socket that never listens: libfcgi falls back to accepting on it only after a
-    /// protocol error, and then fails at once instead of blocking.
-    private var inertSocket: Int32 = -1
+    /// Requests being answered, across all loops.
+    private let busy = RequestCount()
+    private var loops: [FastCGILoop] = []
 
-    public init(listenDescriptor: Int32, settings: Settings, service: ProxyService) {
+    public init(listenDescriptor: Int32, settings: Settings) {
         self.listenDescriptor = listenDescriptor
         self.settings = settings
-        self.service = service
-        self.queue = ConnectionQueue(threads: settings.threads)
     }
 
-    /// Initialises libfcgi and starts the acceptor and request threads.
-    public func start() throws(StartError) {
-        guard FCGX_Init() == 0 else { throw StartError(description: "libfcgi failed to initialise") }
-        guard pipe(&stopPipe) == 0 else { throw StartError(description: "pipe failed") }
-        inertSocket = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+    /// Starts the loops. `makeHandler` builds each loop's proxy handler (with the upstream
+    /// client bound to that loop) before the loop's thread starts.
+    public func start(makeHandler: (EventLoop) throws -> ProxyHandler) throws(StartError) {
         let flags = fcntl(listenDescriptor, F_GETFL)
-        guard inertSocket >= 0, flags >= 0, fcntl(listenDescriptor, F_SETFL, flags | O_NONBLOCK) == 0 else {
+        guard flags >= 0, fcntl(listenDescriptor, F_SETFL, flags | O_NONBLOCK) == 0 else {
             throw StartError(description: "the listening socket cannot be used")
         }
-        do {
-            for thread in 0..<settings.threads {
-                try NativeThread.start(stackSize: settings.stackSize) { [self] in serveConnections(thread: thread) }
+        for _ in 0..<max(1, settings.loops) {
+            do {
+                try startLoop(makeHandler: makeHandler)
+            } catch {
+                throw StartError(description: "cannot start an event loop: \(error)")
             }
-            try NativeThread.start(stackSize: 256 << 10) { [self] in acceptConnections() }
-        } catch {
-            throw StartError(description: "cannot start threads (pthread_create: \(error.code))")
         }
     }
 
-    /// Stops accepting, waits until in-flight requests finish or `grace` runs out, and returns
-    /// how many were still in flight.
+    private func startLoop(makeHandler: (EventLoop) throws -> ProxyHandler) throws {
+        let loop = try EventLoop()
+        let fastCGI = FastCGILoop(
+            loop: loop, handler: try makeHandler(loop), listenDescriptor: listenDescriptor,
+            maxBodyBytes: settings.maxBodyBytes, busy: busy)
+        loops.append(fastCGI)
+        loop.execute { [bound = LoopBound(fastCGI)] in bound.value.startAccepting() }
+        try NativeThread.start(stackSize: 8 << 20) { [loop] in
+            let failure = loop.run()
+            if failure != 0 { Log.error("loop.epoll_failed", [(.detail, String(failure))]) }
+        }
+    }
+
+    /// Stops accepting and closes idle connections, waits until the requests in flight are
+    /// answered or `grace` runs out, and returns how many were still in flight. The loops keep
+    /// running for what follows (metering answers, settlements); the process ends them by exiting.
     public func stop(grace: Duration) -> Int {
-        var byte: UInt8 = 1
-        _ = write(stopPipe[1], &byte, 1)
-        queue.close()
-        var deadline = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &deadline)
-        let (seconds, attoseconds) = grace.components
-        deadline.tv_sec += Int(seconds)
-        deadline.tv_nsec += Int(attoseconds / 1_000_000_000)
-        if deadline.tv_nsec >= 1_000_000_000 {
-            deadline.tv_sec += 1
-            deadline.tv_nsec -= 1_000_000_000
-        }
-        return queue.waitUntilDrained(deadline: deadline)
+        stopAccepting(closingIdle: true)
+        return waitUntil(.now + grace) { inFlight == 0 }
     }
 
-    /// Requests queued or being served right now.
-    public var inFlight: Int { queue.inFlight }
+    /// For a worker replaced by a reload: stops accepting but leaves its connections to nginx,
+    /// which retires them (after their last request, or idle), and waits until all are gone or
+    /// `grace` runs out; then closes idle ones as `stop` does. Returns the requests in flight.
+    public func retire(grace: Duration) -> Int {
+        let deadline = ContinuousClock.now + grace
+        stopAccepting(closingIdle: false)
+        _ = waitUntil(deadline) { inFlight == 0 && busy.connections.load(ordering: .relaxed) == 0 }
+        stopAccepting(closingIdle: true)
+        return waitUntil(deadline) { inFlight == 0 }
+    }
 
-    private func acceptConnections() {
-        var watched = [
-            pollfd(fd: listenDescriptor, events: Int16(POLLIN), revents: 0),
-            pollfd(fd: stopPipe[0], events: Int16(POLLIN), revents: 0),
-        ]
-        while queue.waitForIdleThread() {
-            watched[0].revents = 0
-            watched[1].revents = 0
-            guard poll(&watched, 2, -1) >= 0 || errno == EINTR else {
-                Log.error("fastcgi.poll_failed", [(.detail, String(errno))])
-                return
-            }
-            if watched[1].revents != 0 { return }
-            guard watched[0].revents != 0 else { continue }
-            let connection = accept(listenDescriptor, nil, nil)
-            if connection >= 0 {
-                queue.push(connection)
-            } else if errno == EMFILE || errno == ENFILE {
-                Log.warning("fastcgi.out_of_descriptors")
-                _ = poll(&watched[1], 1, 100)  // let requests finish and free descriptors
-            }
-            // EAGAIN: another worker took the connection; ECONNABORTED: nginx gave up on it.
+    private func stopAccepting(closingIdle: Bool) {
+        for fastCGI in loops {
+            fastCGI.loop.execute { [bound = LoopBound(fastCGI)] in bound.value.stopAccepting(closingIdle: closingIdle) }
         }
     }
 
-    private func serveConnections(thread: Int) {
-        let handler = service.makeHandler()
-        let request = UnsafeMutablePointer<FCGX_Request>.allocate(capacity: 1)
-        defer { request.deallocate() }
-        FCGX_InitRequest(request, inertSocket, 0)
-        while let connection = queue.take(thread: thread) {
-            if tg_fcgx_read_request(request, connection) == 0 {
-                serve(request, with: handler)
-            }
-            FCGX_Finish_r(request)
-            // nginx asked to keep the connection (fastcgi_keep_conn on): close it anyway, since
-            // one connection pins one thread here.
-            if tg_fcgx_descriptor(request) >= 0 { FCGX_Free(request, 1) }
-            queue.done()
+    /// Polls `done` until it holds or `deadline` passes; returns the requests still in flight.
+    /// Polled: a stopping worker has nothing better to do, and it spares the loops any wake-up
+    /// duty towards this thread.
+    private func waitUntil(_ deadline: ContinuousClock.Instant, _ done: () -> Bool) -> Int {
+        while !done() && ContinuousClock.now < deadline {
+            var pause = timespec(tv_sec: 0, tv_nsec: 10_000_000)
+            nanosleep(&pause, nil)
         }
+        return inFlight
     }
 
-    private func serve(_ request: UnsafeMutablePointer<FCGX_Request>, with handler: ProxyHandler) {
-        let id = RequestID.make()
-        let client = FastCGIClient(request: request, requestID: id)
-        let proxyRequest: ProxyRequest
-        do {
-            proxyRequest = try FastCGIRequestReader.read(request, id: id, maxBodyBytes: settings.maxBodyBytes)
-        } catch {
-            switch error {
-            case .bodyTooLarge: client.sendError(.bodyTooLarge(limit: settings.maxBodyBytes))
-            case .bodyIncomplete: Log.info("request.body_incomplete", [(.requestID, id)])
-            }
-            return
-        }
-        handler.handle(proxyRequest, client: client)
-    }
+    /// Requests being answered right now.
+    public var inFlight: Int { busy.count.load(ordering: .relaxed) }
 }

@@ -24,7 +24,7 @@ struct BufferedResponse {
         return true
     }
 
-    /// Writes the response to the client. A 2xx body that is not JSON becomes a 502, and a
+    /// Queues the response for the client (it goes out when the response ends). A 2xx body that is not JSON becomes a 502, and a
     /// non-2xx body that is not JSON is replaced by an OpenAI-shaped error with the same
     /// status, so SDKs always find `error.message`. Returns the status sent and the parsed
     /// body (nil when it was not JSON).
@@ -49,7 +49,6 @@ struct BufferedResponse {
         head.append(("content-length", String(answer.count)))
         client.sendHead(status: status, headers: head)
         client.send(answer)
-        _ = client.flush()
         return (status, json)
     }
 }

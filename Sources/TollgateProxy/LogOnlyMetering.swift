@@ -1,4 +1,5 @@
 import TollgateCore
+import TollgateLoop
 
 /// Metering switched off: every caller is admitted with the platform key, and usage is only
 /// written to the log. The PostgreSQL store replaces it when a database is configured.
@@ -9,17 +10,23 @@ public struct LogOnlyMetering: Metering {
         self.platformKey = platformKey
     }
 
-    public func admit(_ request: AdmissionRequest) -> Admission {
-        .admitted(AdmissionTicket(upstreamKey: platformKey, keySource: .platform))
+    public func admit(
+        _ request: AdmissionRequest, replyingOn executor: any LoopExecutor, _ reply: @escaping (Admission) -> Void
+    ) {
+        reply(.admitted(AdmissionTicket(upstreamKey: platformKey, keySource: .platform)))
     }
 
-    public func admitListing(from client: ProxyRequest) -> Admission {
-        .admitted(AdmissionTicket(upstreamKey: platformKey, keySource: .platform))
+    public func admitListing(
+        from client: ProxyRequest, replyingOn executor: any LoopExecutor, _ reply: @escaping (Admission) -> Void
+    ) {
+        reply(.admitted(AdmissionTicket(upstreamKey: platformKey, keySource: .platform)))
     }
 
     public func settle(_ settlement: Settlement) {
         Log.info("usage.settled", settlement.logFields)
     }
+
+    public func waitUntilSettled(timeout: Duration) -> Int { 0 }
 }
 
 extension Settlement {

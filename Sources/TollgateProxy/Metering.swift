@@ -1,4 +1,5 @@
 import TollgateCore
+import TollgateLoop
 
 /// Where the upstream key of a request comes from.
 public enum KeySource: String, Sendable {
@@ -9,19 +10,27 @@ public enum KeySource: String, Sendable {
 }
 
 /// The metering side of the proxy: who may call, with which upstream key, and where usage is
-/// recorded. The service calls `admit` before forwarding and `settle` exactly once after every
-/// admitted request, whatever its end.
+/// recorded. The service asks `admit` before forwarding and calls `settle` exactly once after
+/// every admitted request, whatever its end.
 ///
-/// Implementations are shared by all request threads; they may block (a database round trip).
+/// Called on an event loop's thread, so nothing here may block: an answer that needs the
+/// database arrives later, through `executor`, back on that loop's thread.
 public protocol Metering: Sendable {
     /// Decides whether a generation request may go upstream, and reserves what it may spend.
-    func admit(_ request: AdmissionRequest) -> Admission
+    /// `reply` runs once, on `executor`'s thread (or at once, when no waiting was needed).
+    func admit(
+        _ request: AdmissionRequest, replyingOn executor: any LoopExecutor, _ reply: @escaping (Admission) -> Void)
 
-    /// Decides whether a caller may list models, and with which upstream key.
-    func admitListing(from client: ProxyRequest) -> Admission
+    /// Decides whether a caller may list models, and with which upstream key; replies as `admit`.
+    func admitListing(
+        from client: ProxyRequest, replyingOn executor: any LoopExecutor, _ reply: @escaping (Admission) -> Void)
 
-    /// Records what an admitted request used and releases its reservation.
+    /// Records what an admitted request used and releases its reservation, in the background.
     func settle(_ settlement: Settlement)
+
+    /// Blocks until every settlement handed to `settle` is recorded (or kept durably), or until
+    /// `timeout` has passed; returns how many were still waiting. For a stopping worker.
+    func waitUntilSettled(timeout: Duration) -> Int
 }
 
 /// A generation request as admission sees it.

@@ -23,14 +23,22 @@ public struct UpstreamRequest: Sendable {
     }
 }
 
-/// Receives the upstream's answer as it arrives. Both methods run on the calling thread,
-/// inside `Upstream.send`; returning false aborts the upstream transfer at once.
+/// Receives the upstream's answer as it arrives, on the event loop's thread. Returning false
+/// from either method aborts the upstream transfer at once.
 public protocol UpstreamResponseHandler: AnyObject {
     /// The status and headers (lower-cased names) of the final response have arrived.
     func upstreamDidReceiveHead(status: Int, headers: [(String, String)]) -> Bool
 
     /// A piece of the body, in whatever size the network delivered it.
     func upstreamDidReceiveBody(_ bytes: UnsafeRawBufferPointer) -> Bool
+
+    /// Asked before each piece of body: true holds the transfer (the upstream's own flow
+    /// control then slows it) until `UpstreamCall.resume`. For a client slower than the upstream.
+    var upstreamShouldPause: Bool { get }
+}
+
+extension UpstreamResponseHandler {
+    public var upstreamShouldPause: Bool { false }
 }
 
 /// Why an upstream call could not complete.
@@ -50,18 +58,29 @@ public enum UpstreamOutcome: Sendable, Equatable {
     case completed
     /// The response handler asked to stop.
     case abortedByHandler
-    /// The client's disconnect descriptor fired while waiting on the upstream.
+    /// The client went away, and the call was cancelled for it.
     case clientGone
     case failed(UpstreamFailure)
 }
 
-/// The provider Tollgate forwards to. An instance belongs to one thread (it owns a libcurl
-/// handle and its connection); the service makes one per thread through a factory.
+/// The provider Tollgate forwards to. One instance per event loop: calls run on that loop's
+/// thread, many at once, without blocking it.
 public protocol Upstream: AnyObject {
-    /// Performs the call, blocking the thread until it ends, feeding `handler` as the
-    /// response arrives. While waiting it also watches `clientDescriptor` (unless -1) and
-    /// returns `.clientGone` within milliseconds of it turning readable or hung up.
-    func send(
-        _ request: UpstreamRequest, to handler: any UpstreamResponseHandler, watching clientDescriptor: Int32
-    ) -> UpstreamOutcome
+    /// Starts the call. `handler` is fed as the answer arrives; `completion` runs exactly once,
+    /// on the loop's thread, when the call has ended whichever way (possibly before `start`
+    /// returns, when the call cannot even begin). The upstream timeouts are enforced here.
+    func start(
+        _ request: UpstreamRequest, to handler: any UpstreamResponseHandler,
+        completion: @escaping (UpstreamOutcome) -> Void
+    ) -> any UpstreamCall
+}
+
+/// One call in progress.
+public protocol UpstreamCall: AnyObject {
+    /// Aborts the call at once (the client left); its completion runs with `.clientGone`.
+    /// Nothing happens once the call has ended.
+    func cancel()
+
+    /// Lets a call held by `upstreamShouldPause` go on.
+    func resume()
 }

@@ -11,7 +11,7 @@ import TollgateProxy
 /// While the database is unavailable, settlements go to the `SettlementJournal` (synced before
 /// `settle` returns) and a background thread replays them once it is back; admission follows the
 /// `OutagePolicy` (TOLLGATE_OUTAGE_POLICY: refuse, or allow known callers within an allowance).
-public final class PostgresMetering: Metering {
+public final class PostgresMetering: BatchMetering {
     public let settings: MeteringSettings
     let pool: ConnectionPool
     /// Where settlements wait while the database is down; nil: they are only logged.

@@ -5,8 +5,7 @@ import TollgateProxy
 /// body bytes to the response handler and remembers whether the handler asked to stop.
 ///
 /// Reached from libcurl's C callbacks through an unretained pointer, so it must outlive the
-/// transfer: `CurlUpstream` keeps it in the calling thread's stack frame, the stream loop in
-/// the stream's `StreamTransfer`.
+/// transfer: the `CurlCall` running it owns it.
 final class CurlTransfer {
     let handler: any UpstreamResponseHandler
     /// The libcurl handle running the transfer; set before it starts.
@@ -15,13 +14,9 @@ final class CurlTransfer {
     private(set) var headDelivered = false
     private(set) var stoppedByHandler = false
     private(set) var lastActivity = ContinuousClock.now
-    /// Asked before each piece of body: true holds the transfer until `paused` is cleared and
-    /// libcurl resumed (the stream loop uses it while a client is slower than the upstream).
-    var shouldPause: (() -> Bool)?
+    /// Set while the handler holds the transfer (its client lags behind); libcurl keeps the
+    /// bytes it could not deliver and delivers them again once resumed.
     var paused = false
-    /// Told after each header line or piece of body, which may have left client output pending
-    /// (the stream loop then looks at this stream's client, and only at it).
-    var afterCallback: (() -> Void)?
 
     init(handler: any UpstreamResponseHandler, easy: UnsafeMutableRawPointer? = nil) {
         self.handler = handler
@@ -124,7 +119,6 @@ private func curlHeaderCallback(
     guard let context else { return 0 }
     let transfer = Unmanaged<CurlTransfer>.fromOpaque(context).takeUnretainedValue()
     let line = UnsafeRawBufferPointer(start: data, count: size * count)
-    defer { transfer.afterCallback?() }
     return transfer.receiveHeaderLine(line) ? size * count : 0
 }
 
@@ -133,12 +127,10 @@ private func curlWriteCallback(
 ) -> Int {
     guard let context else { return 0 }
     let transfer = Unmanaged<CurlTransfer>.fromOpaque(context).takeUnretainedValue()
-    if let shouldPause = transfer.shouldPause, shouldPause() {
-        // libcurl keeps these bytes and delivers them again once the transfer is resumed.
+    if transfer.handler.upstreamShouldPause {
         transfer.paused = true
         return tg_curl_write_pause
     }
     let bytes = UnsafeRawBufferPointer(start: data, count: size * count)
-    defer { transfer.afterCallback?() }
     return transfer.receiveBody(bytes) ? size * count : 0
 }

@@ -28,16 +28,7 @@ extension ServeSettings {
             },
             integer("workers", "worker processes (number of cores)", 1...256, \.workers),
             integer(
-                "threads", "request threads per worker, i.e. its concurrent requests (2048)", 1...30_000, \.threads),
-            integer("stack-kib", "stack of each request thread, KiB (256)", 64...8192, \.stackKiB),
-            Setting(flag: "streams", help: "serve open streams from one event loop, or a thread each (loop)") {
-                settings, text in
-                guard text == "loop" || text == "threads" else { return false }
-                settings.streamLoop = text == "loop"
-                return true
-            } render: {
-                $0.streamLoop ? "loop" : "threads"
-            },
+                "threads", "event-loop threads per worker, each serving any number of requests (1)", 1...64, \.threads),
             text("upstream-url", "base URL of the provider (https://api.openai.com/v1)", \.upstreamURL) {
                 ($0.hasPrefix("http://") || $0.hasPrefix("https://")) && !$0.contains(where: \.isWhitespace)
             },

@@ -6,13 +6,9 @@ struct ServeSettings {
     var socket = "/run/tollgate/tollgate.sock"
     var socketMode = 0o660
     var workers = ServeSettings.coreCount
-    /// Request threads per worker: one per concurrent request, streams included.
-    var threads = 2048
-    /// Stack of each request thread, in KiB.
-    var stackKiB = 256
-    /// Whether admitted streams move to the worker's event loop (true) or keep their request
-    /// thread for their whole life.
-    var streamLoop = true
+    /// Event loops per worker, each on a thread of its own and serving any number of requests,
+    /// streams included. One per worker process is the norm; workers scale across cores.
+    var threads = 1
     var upstreamURL = "https://api.openai.com/v1"
     var upstreamKey = ""
     var basePath = "/v1"

@@ -122,7 +122,8 @@ final class Supervisor {
         let deadline = ContinuousClock.now + renewed.grace + .seconds(5)
         for (slot, pid) in slots.enumerated() where pid > 0 {
             retiring[pid] = (workerIDs[slot], deadline)
-            kill(pid, SIGTERM)
+            // Retire rather than stop: its connections stay open until nginx has moved on.
+            kill(pid, SIGUSR1)
         }
         settings = renewed
         settings.socket = socket.path ?? settings.socket

@@ -1,7 +1,17 @@
+import Synchronization
 import TollgateCore
+import TollgateLoop
 import TollgateProxy
 
-/// An upstream that plays back a scripted answer and records what it was asked.
+/// Runs executed work at once, on the calling thread: the tests drive everything from one thread.
+final class InlineExecutor: LoopExecutor, @unchecked Sendable {
+    func execute(_ work: @escaping @Sendable () -> Void) {
+        work()
+    }
+}
+
+/// An upstream that plays back a scripted answer and records what it was asked. Plays at once,
+/// or, when `holds` is set, keeps each call until the test plays, cancels or resumes it.
 /// `@unchecked Sendable`: each test uses it from one thread only.
 final class ScriptedUpstream: Upstream, @unchecked Sendable {
     struct Script {
@@ -14,34 +24,74 @@ final class ScriptedUpstream: Upstream, @unchecked Sendable {
     }
 
     var script: Script
+    var holds = false
     private(set) var requests: [UpstreamRequest] = []
+    private(set) var calls: [ScriptedCall] = []
     private(set) var stoppedByHandler = false
 
     init(_ script: Script) {
         self.script = script
     }
 
-    func send(
-        _ request: UpstreamRequest, to handler: any UpstreamResponseHandler, watching clientDescriptor: Int32
-    ) -> UpstreamOutcome {
+    func start(
+        _ request: UpstreamRequest, to handler: any UpstreamResponseHandler,
+        completion: @escaping (UpstreamOutcome) -> Void
+    ) -> any UpstreamCall {
         requests.append(request)
-        guard script.sendsHead else { return script.outcome }
-        guard handler.upstreamDidReceiveHead(status: script.status, headers: script.headers) else {
+        let call = ScriptedCall(handler: handler, completion: completion)
+        calls.append(call)
+        if !holds { play(call) }
+        return call
+    }
+
+    /// Delivers the script to `call` and ends it.
+    func play(_ call: ScriptedCall) {
+        guard script.sendsHead else { return call.end(script.outcome) }
+        guard call.handler.upstreamDidReceiveHead(status: script.status, headers: script.headers) else {
             stoppedByHandler = true
-            return .abortedByHandler
+            return call.end(.abortedByHandler)
         }
         for chunk in script.chunks {
-            let accepted = chunk.withUnsafeBytes { handler.upstreamDidReceiveBody($0) }
-            guard accepted else {
+            guard chunk.withUnsafeBytes({ call.handler.upstreamDidReceiveBody($0) }) else {
                 stoppedByHandler = true
-                return .abortedByHandler
+                return call.end(.abortedByHandler)
             }
         }
-        return script.outcome
+        call.end(script.outcome)
     }
 }
 
-/// A client that records what it was sent; it can leave after a number of flushes.
+/// One call of a `ScriptedUpstream`.
+final class ScriptedCall: UpstreamCall {
+    let handler: any UpstreamResponseHandler
+    private var completion: ((UpstreamOutcome) -> Void)?
+    private(set) var cancelled = false
+    private(set) var resumed = 0
+
+    init(handler: any UpstreamResponseHandler, completion: @escaping (UpstreamOutcome) -> Void) {
+        self.handler = handler
+        self.completion = completion
+    }
+
+    var ended: Bool { completion == nil }
+
+    func end(_ outcome: UpstreamOutcome) {
+        let completion = self.completion
+        self.completion = nil
+        completion?(outcome)
+    }
+
+    func cancel() {
+        cancelled = true
+        end(.clientGone)
+    }
+
+    func resume() {
+        resumed += 1
+    }
+}
+
+/// A client that records what it was sent; it can leave after a number of flushes, or when told.
 final class RecordingClient: ClientConnection {
     private(set) var status: Int?
     private(set) var headers: [(String, String)] = []
@@ -49,12 +99,15 @@ final class RecordingClient: ClientConnection {
     /// The bytes written before each successful flush, one entry per flush.
     private(set) var flushedPieces: [[UInt8]] = []
     private var unflushed: [UInt8] = []
+    private var headUnflushed = false
     var leavesAfterFlushes = Int.max
+    /// What nginx has not taken yet, as the test says.
+    var pendingBytes = 0
+    var observer: (any ClientObserver)?
     /// Set by `end`; nothing may be sent after it.
     private(set) var ended = false
     private(set) var sentAfterEnd = false
-
-    var disconnectDescriptor: Int32 { -1 }
+    private(set) var gone = false
 
     var text: String { String(decoding: body, as: UTF8.self) }
 
@@ -65,6 +118,7 @@ final class RecordingClient: ClientConnection {
     func sendHead(status: Int, headers: [(String, String)]) {
         self.status = status
         self.headers = headers
+        headUnflushed = true
     }
 
     func send(_ bytes: [UInt8]) {
@@ -73,44 +127,80 @@ final class RecordingClient: ClientConnection {
     }
 
     func end() {
+        if (!unflushed.isEmpty || headUnflushed) && !gone { _ = flush() }
         ended = true
     }
 
     func flush() -> Bool {
-        guard flushedPieces.count < leavesAfterFlushes else { return false }
+        guard !gone, flushedPieces.count < leavesAfterFlushes else { return false }
+        // Nothing to write: not a flush on the wire.
+        guard !unflushed.isEmpty || headUnflushed else { return true }
+        headUnflushed = false
         body.append(contentsOf: unflushed)
         flushedPieces.append(unflushed)
         unflushed.removeAll()
         return true
     }
+
+    /// nginx closed the connection: the client went away.
+    func leave() {
+        gone = true
+        observer?.clientDidLeave()
+    }
+
+    /// nginx took everything pending.
+    func catchUp() {
+        pendingBytes = 0
+        observer?.clientDidCatchUp()
+    }
 }
 
-/// Metering that admits with a fixed key (or rejects) and keeps every settlement.
+/// Metering that admits with a fixed key (or rejects) and keeps every settlement. Answers at
+/// once, or, when `holdsAdmissions` is set, keeps each admission until the test answers it.
 final class RecordingMetering: Metering, @unchecked Sendable {
     // @unchecked: tests use it from one thread only.
     var rejection: OpenAIError?
+    var holdsAdmissions = false
     private(set) var admitted = 0
     private(set) var settlements: [Settlement] = []
-
     private(set) var admissions: [AdmissionRequest] = []
-
-    func admit(_ request: AdmissionRequest) -> Admission {
-        admissions.append(request)
-        if let rejection { return .rejected(rejection) }
-        admitted += 1
-        return .admitted(AdmissionTicket(upstreamKey: "sk-upstream-test", keySource: .platform, userID: "u1"))
-    }
-
-    func admitListing(from client: ProxyRequest) -> Admission {
-        .admitted(AdmissionTicket(upstreamKey: "sk-upstream-test", keySource: .platform))
-    }
+    private(set) var heldReplies: [(Admission) -> Void] = []
 
     /// Runs inside `settle`, before the settlement is kept.
     var onSettle: (() -> Void)?
 
+    func admit(
+        _ request: AdmissionRequest, replyingOn executor: any LoopExecutor, _ reply: @escaping (Admission) -> Void
+    ) {
+        admissions.append(request)
+        guard !holdsAdmissions else { return heldReplies.append(reply) }
+        reply(answer())
+    }
+
+    func admitListing(
+        from client: ProxyRequest, replyingOn executor: any LoopExecutor, _ reply: @escaping (Admission) -> Void
+    ) {
+        reply(.admitted(AdmissionTicket(upstreamKey: "sk-upstream-test", keySource: .platform)))
+    }
+
+    /// Answers the held admissions.
+    func answerHeld() {
+        let replies = heldReplies
+        heldReplies.removeAll()
+        for reply in replies { reply(answer()) }
+    }
+
     func settle(_ settlement: Settlement) {
         onSettle?()
         settlements.append(settlement)
+    }
+
+    func waitUntilSettled(timeout: Duration) -> Int { 0 }
+
+    private func answer() -> Admission {
+        if let rejection { return .rejected(rejection) }
+        admitted += 1
+        return .admitted(AdmissionTicket(upstreamKey: "sk-upstream-test", keySource: .platform, userID: "u1"))
     }
 }
 
@@ -125,11 +215,10 @@ struct Harness {
     }
 
     func run(method: String = "POST", path: String, body: String, headers: [String: String] = [:]) {
-        let upstream = self.upstream
-        let service = ProxyService(router: Router(basePath: "/v1"), metering: metering) { upstream }
+        let service = ProxyService(router: Router(basePath: "/v1"), metering: metering)
         let request = ProxyRequest(
             id: "req-test", method: method, path: path, headers: headers, body: Array(body.utf8))
-        service.makeHandler().handle(request, client: client)
+        service.makeHandler(upstream: upstream, executor: InlineExecutor()).handle(request, client: client)
     }
 }
 

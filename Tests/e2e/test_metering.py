@@ -26,7 +26,7 @@ LEDGER_COLUMNS = ("request_id", "user_id", "key_id", "endpoint", "model", "strea
 NUMBERS = {"user_id", "key_id", "http_status", "input_tokens", "cached_input_tokens", "output_tokens",
            "reasoning_tokens", "total_tokens"}
 ISSUED_KEY = re.compile(r"tg-[a-z0-9]{40}")
-UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
+UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
 ISSUED: list[str] = []
 """Every key this module issued, for the scans of tables and logs."""
 
@@ -189,7 +189,7 @@ def test_call_leaves_one_ledger_row_with_reported_usage(metered, meter_mock, cal
     [row] = wait_ledger(metered, kit, caller["user_id"], 1)
 
     assert record["headers"]["authorization"] == f"Bearer {kit.PLATFORM_KEY}"
-    assert UUID.match(row.pop("request_id")), "the ledger's request id is not a random UUID"
+    assert UUID.match(row.pop("request_id")), "the ledger's request id is not a time-ordered (version 7) UUID"
     assert row == {"user_id": caller["user_id"], "key_id": caller["key_id"], "endpoint": api, "model": "gpt-4o-mini",
                    "stream": stream, "key_source": "platform", "outcome": "completed", "http_status": 200,
                    "usage_source": "reported", **reported(record)}

@@ -32,8 +32,8 @@ def run_serve(kit, *arguments: str, env: dict[str, str] | None = None) -> subpro
     (["--no-such-setting", "1"], {"TOLLGATE_UPSTREAM_KEY": "sk-x"}, "--no-such-setting"),
     ([], {"TOLLGATE_UPSTREAM_KEY": "sk-x", "TOLLGATE_AUTH_MODE": "magic", "TOLLGATE_DATABASE_URL": "host=x"},
      "TOLLGATE_AUTH_MODE"),
-    ([], {"TOLLGATE_UPSTREAM_KEY": "sk-x", "TOLLGATE_STREAMS": "fibers"}, "TOLLGATE_STREAMS"),
-], ids=["workers", "threads", "upstream-url", "base-path", "no-key", "unknown", "auth-mode", "streams"])
+    ([], {"TOLLGATE_UPSTREAM_KEY": "sk-x", "TOLLGATE_THREADS": "65"}, "TOLLGATE_THREADS"),
+], ids=["workers", "threads", "upstream-url", "base-path", "no-key", "unknown", "auth-mode", "threads-range"])
 def test_bad_setting_stops_startup_with_one_line_naming_it(kit, arguments, env, named):
     result = run_serve(kit, "--socket", f"/tmp/tollgate-bad-{uuid.uuid4().hex[:8]}.sock", *arguments, env=env)
 

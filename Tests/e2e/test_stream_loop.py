@@ -1,8 +1,8 @@
-"""Open streams are served by each worker's event loop, not by a request thread each.
+"""Open streams are served by each worker's event loop, not by a thread each.
 
-A worker with 4 request threads holds 24 open streams at once, while non-stream requests are
-still answered; with a thread per stream the fifth stream would wait for one of the first
-four to end. Closing the streams aborts each upstream transfer from the loop.
+A worker with a single event-loop thread holds 24 open streams at once, while non-stream
+requests are still answered; with a thread per request the second stream would wait for the
+first to end. Closing the streams aborts each upstream transfer from the loop.
 """
 
 from __future__ import annotations
@@ -12,13 +12,13 @@ import contextlib
 import httpx2 as httpx
 import pytest
 
-THREADS = 4
+THREADS = 1
 STREAMS = 24
 
 
 @pytest.fixture(scope="module")
 def few_threads(stack_factory, kit):
-    """One worker with 4 request threads (18070 / 18170)."""
+    """One worker with one event-loop thread (18070 / 18170)."""
     serving = stack_factory("e2e-stream-loop", 18070, 18170, workers=1, threads=THREADS)
     try:
         yield serving

@@ -2,8 +2,8 @@
     import Glibc
 #endif
 
-/// Starts detached POSIX threads with a chosen stack size. Request threads block for the whole
-/// life of a stream, so a worker runs thousands of them; small stacks keep that affordable.
+/// Starts detached POSIX threads with a chosen stack size: the event loops and the metering
+/// threads of a worker process.
 public enum NativeThread {
     public struct StartError: Error {
         public let code: Int32
