@@ -31,6 +31,7 @@ let package = Package(
         ),
         .testTarget(name: "TollgateCoreTests", dependencies: ["TollgateCore"]),
         .testTarget(name: "TollgateProxyTests", dependencies: ["TollgateProxy", "TollgateCore", "TollgateLoop"]),
+        .testTarget(name: "TollgateLoopTests", dependencies: ["TollgateLoop"]),
         .testTarget(name: "TollgateFastCGITests", dependencies: ["TollgateFastCGI"]),
         .testTarget(name: "TollgateStoreTests", dependencies: ["TollgateStore", "TollgateProxy", "TollgateCore"]),
     ],

@@ -18,6 +18,9 @@ final class CurlTransfer {
     /// bytes it could not deliver and delivers them again once resumed.
     var paused = false
 
+    /// Size of libcurl's receive buffer for one call.
+    static let receiveBufferBytes = 4096
+
     init(handler: any UpstreamResponseHandler, easy: UnsafeMutableRawPointer? = nil) {
         self.handler = handler
         self.easy = easy
@@ -58,6 +61,9 @@ final class CurlTransfer {
         var codes = [
             tg_curl_set_string(easy, CURLOPT_URL, url),
             tg_curl_set_long(easy, CURLOPT_NOSIGNAL, 1),
+            // libcurl's receive buffer is 16 KiB by default, per call in flight: with thousands of
+            // open streams, whose events are a few hundred bytes, a smaller one saves most of it.
+            tg_curl_set_long(easy, CURLOPT_BUFFERSIZE, Self.receiveBufferBytes),
             tg_curl_set_long(easy, CURLOPT_CONNECTTIMEOUT_MS, CurlUpstream.milliseconds(settings.connectTimeout)),
             tg_curl_set_pointer(easy, CURLOPT_HTTPHEADER, headers.pointer),
             tg_curl_set_data_callback(easy, CURLOPT_HEADERFUNCTION, curlHeaderCallback),
