@@ -9,13 +9,16 @@
 -- implementation of each. The work per row is set-based (one query authenticates every caller,
 -- one INSERT writes every reservation or ledger row); loops run only over in-memory arrays.
 --
--- Lock order, the same in every function that takes these locks, so that concurrent batches,
--- release_worker() and sweep_stale_workers() queue behind each other and never deadlock:
---   1. api_keys rows (last_used_at), by id;  2. reservations rows, by request id;
---   3. new ledger rows, by request id;        4. the workers row;
---   5. usage_counters rows, by (user_id, period_start): missing ones inserted first, in that
---      order, then all of them locked in that order.
--- A batch holds each counter row once, however many of its requests belong to that user.
+-- Lock order. These functions take the row locks they share with each other and with
+-- release_worker() (so sweep_stale_workers()) in one order, so that concurrent batches and
+-- releases queue behind each other instead of deadlocking:
+--   1. api_keys rows (last_used_at), by id, NO KEY UPDATE (foreign-key checks are not blocked);
+--   2. reservations, by request id (settle_batch; release_worker locks a worker's the same way);
+--   3. usage_counters rows, by (user_id, period_start): missing ones inserted first in that order,
+--      then all of them locked in that order, each once per batch whatever its requests.
+-- New ledger rows collide only on one request id: settle_batch inserts them in request-id order
+-- after step 2, release_worker only for reservations it holds. admit_batch's INSERT of the
+-- worker row takes no lock when the row exists.
 
 -- pgp_sym_decrypt raises on a wrong secret; a batch must not fail for one BYOK user, so the
 -- refusal becomes NULL. Not SECURITY DEFINER and not granted: only authenticate_batch calls it.
