@@ -126,6 +126,21 @@ struct BatchSettlementTests {
         #expect(try TestDatabase.counters(connection, user: user) == (used: 100, reserved: 0))
     }
 
+    @Test("a worker starts only on a database that has the batch functions")
+    func verify() throws {
+        _ = try TestDatabase.migrated()
+        try TestDatabase.metering().verify()
+
+        let url = try #require(TestDatabase.url)
+        // The cluster's maintenance database has no Tollgate schema (a URI cannot take a second dbname).
+        try #require(!url.contains("://"))
+        let bare = PostgresMetering(settings: MeteringSettings(databaseURL: url + " dbname=postgres", platformKey: ""))
+        #expect(throws: StoreError(.invalidSetting, "the database has no Tollgate schema yet: run 'tollgate migrate'"))
+        {
+            try bare.verify()
+        }
+    }
+
     @Test("the batch functions run as their owner with a fixed search_path, for tollgate_worker only")
     func privileges() throws {
         let connection = try TestDatabase.migrated()
