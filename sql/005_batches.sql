@@ -20,10 +20,14 @@
 -- after step 2, release_worker only for reservations it holds. admit_batch's INSERT of the
 -- worker row takes no lock when the row exists.
 
+-- Every function a worker calls here plans its statements once per session (generic plans):
+-- the batch size varies with every call, and re-planning a dozen statements for each would cost
+-- more than running them.
+
 -- pgp_sym_decrypt raises on a wrong secret; a batch must not fail for one BYOK user, so the
--- refusal becomes NULL. Not SECURITY DEFINER and not granted: only authenticate_batch calls it.
+-- refusal becomes NULL. STABLE like pgp_sym_decrypt (immutable), so that callers() inlines.
 CREATE OR REPLACE FUNCTION tollgate.byok_decrypt_or_null(ciphertext bytea, secret text) RETURNS text
-LANGUAGE plpgsql VOLATILE STRICT SET search_path = tollgate, pg_temp AS $$
+LANGUAGE plpgsql STABLE STRICT SET search_path = tollgate, pg_temp AS $$
 BEGIN
     RETURN byok_decrypt(ciphertext, secret);
 EXCEPTION WHEN external_routine_invocation_exception THEN
@@ -32,65 +36,71 @@ EXCEPTION WHEN external_routine_invocation_exception THEN
 END;
 $$;
 
--- Who is calling, for every request of a batch: key_hashes[i] (bearer mode) or, when it is
--- null, user_names[i] (header mode). outcome and the other columns as in authenticate(); each
--- distinct BYOK key is decrypted once per batch. Marks keys used at most once a minute.
-CREATE OR REPLACE FUNCTION tollgate.authenticate_batch(key_hashes bytea[], user_names text[], secret text)
+-- Who is calling, for every request of a batch, without side effects: key_hashes[i] (bearer
+-- mode) or, when it is null, user_names[i] (header mode). Columns as authenticate() answers
+-- them; each BYOK key is decrypted once per batch. Plain SQL, so that it is inlined into the
+-- query that calls it; names are qualified because it runs with the caller's search_path.
+CREATE OR REPLACE FUNCTION tollgate.callers(key_hashes bytea[], user_names text[], secret text)
 RETURNS TABLE (ordinal integer, outcome text, user_id bigint, key_id bigint, byok_key text)
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = tollgate, pg_temp AS $$
-#variable_conflict use_column
-DECLARE
-    has_secret boolean := coalesce(authenticate_batch.secret, '') <> '';
-BEGIN
-    IF cardinality(key_hashes) IS DISTINCT FROM cardinality(user_names) THEN
-        RAISE EXCEPTION 'authenticate_batch: the arrays differ in length' USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-
-    -- The rows are locked first, in id order, so that two batches marking the same keys queue
-    -- instead of deadlocking; NO KEY UPDATE does not block the foreign-key checks of admissions.
-    PERFORM 1 FROM api_keys k
-        WHERE k.key_hash = ANY(key_hashes) AND k.revoked_at IS NULL
-          AND (k.last_used_at IS NULL OR k.last_used_at < now() - interval '1 minute')
-        ORDER BY k.id FOR NO KEY UPDATE;
-    UPDATE api_keys k SET last_used_at = now()
-        WHERE k.key_hash = ANY(key_hashes) AND k.revoked_at IS NULL
-          AND (k.last_used_at IS NULL OR k.last_used_at < now() - interval '1 minute')
-          AND EXISTS (SELECT 1 FROM users u WHERE u.id = k.user_id AND u.disabled_at IS NULL);
-
-    RETURN QUERY
-    WITH asked AS (
-        SELECT a.n::integer AS n, a.key_hash, a.user_name
-        FROM unnest(key_hashes, user_names) WITH ORDINALITY AS a(key_hash, user_name, n)
-    ), checked AS (
-        SELECT a.n, k.id AS key_id, coalesce(ku.id, nu.id) AS user_id,
+LANGUAGE sql STABLE AS $$
+    WITH checked AS (
+        SELECT a.n::integer AS n, k.id AS key_id, coalesce(ku.id, nu.id) AS user_id, b.ciphertext,
                CASE WHEN a.key_hash IS NOT NULL AND k.id IS NULL THEN 'unknown_key'
                     WHEN k.revoked_at IS NOT NULL THEN 'revoked_key'
                     WHEN coalesce(ku.id, nu.id) IS NULL THEN 'unknown_user'
                     WHEN coalesce(ku.disabled_at, nu.disabled_at) IS NOT NULL THEN 'disabled_user'
                END AS refusal
-        FROM asked a
-        LEFT JOIN api_keys k ON k.key_hash = a.key_hash
-        LEFT JOIN users ku ON ku.id = k.user_id
-        LEFT JOIN users nu ON a.key_hash IS NULL AND nu.name = a.user_name
+        FROM unnest(key_hashes, user_names) WITH ORDINALITY AS a(key_hash, user_name, n)
+        LEFT JOIN tollgate.api_keys k ON k.key_hash = a.key_hash
+        LEFT JOIN tollgate.users ku ON ku.id = k.user_id
+        LEFT JOIN tollgate.users nu ON a.key_hash IS NULL AND nu.name = a.user_name
+        LEFT JOIN tollgate.byok_keys b ON b.user_id = coalesce(ku.id, nu.id)
     ), byok AS MATERIALIZED (
-        SELECT b.user_id, CASE WHEN has_secret THEN byok_decrypt_or_null(b.ciphertext, authenticate_batch.secret) END
-                              AS plain
-        FROM byok_keys b
-        WHERE b.user_id IN (SELECT c.user_id FROM checked c WHERE c.refusal IS NULL)
+        SELECT DISTINCT c.user_id, tollgate.byok_decrypt_or_null(c.ciphertext, secret) AS plain
+        FROM checked c WHERE c.refusal IS NULL AND c.ciphertext IS NOT NULL AND coalesce(secret, '') <> ''
     )
     SELECT c.n,
            CASE WHEN c.refusal IS NOT NULL THEN c.refusal
-                WHEN b.user_id IS NULL THEN 'admitted'
-                WHEN NOT has_secret THEN 'byok_secret_missing'
+                WHEN c.ciphertext IS NULL THEN 'admitted'
+                WHEN coalesce(secret, '') = '' THEN 'byok_secret_missing'
                 WHEN b.plain IS NULL THEN 'byok_secret_invalid'
                 ELSE 'admitted'
            END,
-           c.user_id,
-           c.key_id,
-           CASE WHEN c.refusal IS NULL THEN b.plain END
-    FROM checked c
-    LEFT JOIN byok b ON b.user_id = c.user_id AND c.refusal IS NULL
-    ORDER BY c.n;
+           c.user_id, c.key_id, CASE WHEN c.refusal IS NULL THEN b.plain END
+    FROM checked c LEFT JOIN byok b ON b.user_id = c.user_id
+$$;
+
+-- Marks the keys of a batch used (last_used_at), at most once a minute, when neither the key is
+-- revoked nor its user disabled. The rows are locked first in id order, so that two batches
+-- marking the same keys queue instead of deadlocking; NO KEY UPDATE does not block the
+-- foreign-key checks of admissions. Called only by the definer functions below, inside their
+-- settings (search_path, generic plans); names are qualified all the same.
+CREATE OR REPLACE FUNCTION tollgate.mark_keys_used(key_hashes bytea[]) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE tollgate.api_keys k SET last_used_at = now()
+    FROM (SELECT l.id FROM tollgate.api_keys l JOIN tollgate.users u ON u.id = l.user_id
+          WHERE l.key_hash = ANY(key_hashes) AND l.revoked_at IS NULL AND u.disabled_at IS NULL
+            AND (l.last_used_at IS NULL OR l.last_used_at < now() - interval '1 minute')
+          ORDER BY l.id FOR NO KEY UPDATE OF l) l
+    WHERE k.id = l.id;
+END;
+$$;
+
+-- Who is calling, for every request of a batch (callers()), marking their keys used: outcome is
+-- 'admitted', 'unknown_key', 'revoked_key', 'unknown_user', 'disabled_user',
+-- 'byok_secret_missing' or 'byok_secret_invalid'; byok_key is the decrypted BYOK key of a BYOK
+-- user, null otherwise.
+CREATE OR REPLACE FUNCTION tollgate.authenticate_batch(key_hashes bytea[], user_names text[], secret text)
+RETURNS TABLE (ordinal integer, outcome text, user_id bigint, key_id bigint, byok_key text)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = tollgate, pg_temp SET plan_cache_mode = force_generic_plan
+AS $$
+BEGIN
+    IF cardinality(key_hashes) IS DISTINCT FROM cardinality(user_names) THEN
+        RAISE EXCEPTION 'authenticate_batch: the arrays differ in length' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    PERFORM mark_keys_used(key_hashes);
+    RETURN QUERY SELECT * FROM callers(key_hashes, user_names, authenticate_batch.secret) c ORDER BY c.ordinal;
 END;
 $$;
 
@@ -107,10 +117,12 @@ CREATE OR REPLACE FUNCTION tollgate.admit_batch(
     endpoints text[], models text[], streams boolean[], worker_id text, secret text)
 RETURNS TABLE (ordinal integer, outcome text, user_id bigint, key_id bigint, byok_key text,
                quota bigint, used bigint, reserved bigint, period_end timestamptz)
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = tollgate, pg_temp AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = tollgate, pg_temp SET plan_cache_mode = force_generic_plan
+AS $$
 #variable_conflict use_column
 DECLARE
     n integer := coalesce(cardinality(request_ids), 0);
+    -- Per request.
     outcomes text[];
     users bigint[];
     keys bigint[];
@@ -118,12 +130,14 @@ DECLARE
     limits bigint[];
     starts date[];
     ends timestamptz[];
+    -- Which counter row (an index into counter_*) a request with a quota counts against.
     slots integer[];
-    -- Per request: tokens reserved (null: no reservation row), and the standing it saw.
+    -- Tokens reserved (null: no reservation row), and the standing the request saw.
     holds bigint[] := array_fill(NULL::bigint, ARRAY[n]);
     useds bigint[] := array_fill(NULL::bigint, ARRAY[n]);
     reserveds bigint[] := array_fill(NULL::bigint, ARRAY[n]);
-    -- Per counter row (user, period) of the batch, locked: its used and reserved tokens.
+    platform boolean;
+    -- Per counter row (user, period) of the batch, locked, in (user, period) order.
     counter_users bigint[];
     counter_starts date[];
     counter_used bigint[];
@@ -134,55 +148,52 @@ BEGIN
     IF n = 0 THEN
         RETURN;
     END IF;
-    IF EXISTS (SELECT 1 FROM unnest(ARRAY[cardinality(key_hashes), cardinality(user_names), cardinality(reserves),
-                                          cardinality(estimated_inputs), cardinality(endpoints), cardinality(models),
-                                          cardinality(streams)]) AS a(length)
-               WHERE a.length IS DISTINCT FROM n) THEN
+    IF cardinality(key_hashes) IS DISTINCT FROM n OR cardinality(user_names) IS DISTINCT FROM n
+       OR cardinality(reserves) IS DISTINCT FROM n OR cardinality(estimated_inputs) IS DISTINCT FROM n
+       OR cardinality(endpoints) IS DISTINCT FROM n OR cardinality(models) IS DISTINCT FROM n
+       OR cardinality(streams) IS DISTINCT FROM n THEN
         RAISE EXCEPTION 'admit_batch: the arrays differ in length' USING ERRCODE = 'invalid_parameter_value';
     END IF;
 
-    SELECT array_agg(a.outcome ORDER BY a.ordinal), array_agg(a.user_id ORDER BY a.ordinal),
-           array_agg(a.key_id ORDER BY a.ordinal), array_agg(a.byok_key ORDER BY a.ordinal)
-        INTO outcomes, users, keys, byoks
-        FROM authenticate_batch(key_hashes, user_names, admit_batch.secret) a;
+    PERFORM mark_keys_used(key_hashes);
+    -- Each caller, and for a platform caller with a quota: the quota, its current period, and the
+    -- rank of its (user, period) among those of the batch, which is its counter row's slot.
+    SELECT array_agg(r.outcome ORDER BY r.ordinal), array_agg(r.user_id ORDER BY r.ordinal),
+           array_agg(r.key_id ORDER BY r.ordinal), array_agg(r.byok_key ORDER BY r.ordinal),
+           array_agg(r.quota ORDER BY r.ordinal), array_agg(r.start ORDER BY r.ordinal),
+           array_agg(period_end_of(r.period, r.start) ORDER BY r.ordinal),
+           array_agg(CASE WHEN r.start IS NOT NULL THEN r.slot END ORDER BY r.ordinal),
+           bool_or(r.outcome = 'admitted' AND r.byok_key IS NULL)
+        INTO outcomes, users, keys, byoks, limits, starts, ends, slots, platform
+        FROM (SELECT c.*, q.tokens AS quota, q.period, s.start,
+                     dense_rank() OVER (ORDER BY s.start IS NULL, c.user_id, s.start)::integer AS slot
+              FROM callers(key_hashes, user_names, admit_batch.secret) c
+              LEFT JOIN quotas q ON q.user_id = c.user_id AND c.outcome = 'admitted' AND c.byok_key IS NULL
+              CROSS JOIN LATERAL (SELECT CASE WHEN q.user_id IS NOT NULL THEN period_start_of(q.period, now()) END
+                                         AS start) s) r;
 
-    -- The quota (and its current period) of every request that reaches the quota check.
-    SELECT array_agg(r.quota ORDER BY r.n), array_agg(r.start ORDER BY r.n),
-           array_agg(period_end_of(r.period, r.start) ORDER BY r.n)
-        INTO limits, starts, ends
-        FROM (SELECT a.n, q.tokens AS quota, q.period,
-                     CASE WHEN q.user_id IS NOT NULL THEN period_start_of(q.period, now()) END AS start
-              FROM unnest(outcomes, users, byoks) WITH ORDINALITY AS a(outcome, user_id, byok_key, n)
-              LEFT JOIN quotas q ON q.user_id = a.user_id AND a.outcome = 'admitted' AND a.byok_key IS NULL) r;
-
-    IF NOT EXISTS (SELECT 1 FROM unnest(outcomes, byoks) AS r(outcome, byok_key)
-                   WHERE r.outcome = 'admitted' AND r.byok_key IS NULL) THEN
-        RETURN QUERY SELECT r.n::integer, r.outcome, r.user_id, r.key_id, r.byok_key,
-                            NULL::bigint, NULL::bigint, NULL::bigint, NULL::timestamptz
-            FROM unnest(outcomes, users, keys, byoks) WITH ORDINALITY AS r(outcome, user_id, key_id, byok_key, n);
-        RETURN;
+    IF platform THEN
+        -- No lock is taken on an existing worker row, so batches never queue behind each other there.
+        WITH worker AS (
+            INSERT INTO workers (worker_id) VALUES (admit_batch.worker_id) ON CONFLICT DO NOTHING
+        )
+        INSERT INTO usage_counters (user_id, period_start)
+            SELECT DISTINCT r.user_id, r.start FROM unnest(users, starts) AS r(user_id, start)
+            WHERE r.start IS NOT NULL ORDER BY 1, 2
+            ON CONFLICT DO NOTHING;
+        SELECT array_agg(c.user_id ORDER BY c.user_id, c.period_start),
+               array_agg(c.period_start ORDER BY c.user_id, c.period_start),
+               array_agg(c.used_tokens ORDER BY c.user_id, c.period_start),
+               array_agg(c.reserved_tokens ORDER BY c.user_id, c.period_start)
+            INTO counter_users, counter_starts, counter_used, counter_reserved
+            FROM (SELECT c.user_id, c.period_start, c.used_tokens, c.reserved_tokens FROM usage_counters c
+                  WHERE (c.user_id, c.period_start) IN (SELECT r.user_id, r.start
+                                                        FROM unnest(users, starts) AS r(user_id, start))
+                  ORDER BY c.user_id, c.period_start FOR NO KEY UPDATE OF c) c;
+        IF coalesce(cardinality(counter_users), 0) <> (SELECT coalesce(max(s), 0) FROM unnest(slots) AS s) THEN
+            RAISE EXCEPTION 'admit_batch: a counter row is missing' USING ERRCODE = 'internal_error';
+        END IF;
     END IF;
-
-    -- No lock is taken on an existing worker row, so batches never queue behind each other here.
-    INSERT INTO workers (worker_id) VALUES (admit_batch.worker_id) ON CONFLICT DO NOTHING;
-
-    INSERT INTO usage_counters (user_id, period_start)
-        SELECT DISTINCT r.user_id, r.start FROM unnest(users, starts) AS r(user_id, start)
-        WHERE r.start IS NOT NULL ORDER BY 1, 2
-        ON CONFLICT DO NOTHING;
-    SELECT array_agg(c.user_id ORDER BY c.user_id, c.period_start),
-           array_agg(c.period_start ORDER BY c.user_id, c.period_start),
-           array_agg(c.used_tokens ORDER BY c.user_id, c.period_start),
-           array_agg(c.reserved_tokens ORDER BY c.user_id, c.period_start)
-        INTO counter_users, counter_starts, counter_used, counter_reserved
-        FROM (SELECT c.user_id, c.period_start, c.used_tokens, c.reserved_tokens FROM usage_counters c
-              WHERE (c.user_id, c.period_start) IN (SELECT r.user_id, r.start
-                                                    FROM unnest(users, starts) AS r(user_id, start))
-              ORDER BY c.user_id, c.period_start FOR NO KEY UPDATE OF c) c;
-    SELECT array_agg(s.slot ORDER BY r.n) INTO slots
-        FROM unnest(users, starts) WITH ORDINALITY AS r(user_id, start, n)
-        LEFT JOIN unnest(counter_users, counter_starts) WITH ORDINALITY AS s(user_id, start, slot)
-               ON s.user_id = r.user_id AND s.start = r.start;
 
     FOR i IN 1..n LOOP
         CONTINUE WHEN outcomes[i] <> 'admitted' OR byoks[i] IS NOT NULL;
@@ -202,22 +213,34 @@ BEGIN
         reserveds[i] := counter_reserved[slot];
     END LOOP;
 
-    UPDATE usage_counters c SET reserved_tokens = s.reserved
-        FROM unnest(counter_users, counter_starts, counter_reserved) AS s(user_id, start, reserved)
-        WHERE c.user_id = s.user_id AND c.period_start = s.start AND c.reserved_tokens <> s.reserved;
+    IF platform THEN
+        -- The counter rows are locked already: the order of these two writes does not matter.
+        WITH held AS (
+            UPDATE usage_counters c SET reserved_tokens = s.reserved
+            FROM unnest(counter_users, counter_starts, counter_reserved) AS s(user_id, start, reserved)
+            WHERE c.user_id = s.user_id AND c.period_start = s.start AND c.reserved_tokens <> s.reserved
+        )
+        INSERT INTO reservations (request_id, user_id, key_id, tokens, period_start, worker_id,
+                                  endpoint, model, stream, estimated_input_tokens)
+            SELECT r.request_id, r.user_id, r.key_id, r.hold, r.start, admit_batch.worker_id,
+                   r.endpoint, r.model, r.stream, greatest(coalesce(r.estimated, 0), 0)
+            FROM unnest(request_ids, users, keys, holds, starts, endpoints, models, streams, estimated_inputs)
+                 AS r(request_id, user_id, key_id, hold, start, endpoint, model, stream, estimated)
+            WHERE r.hold IS NOT NULL;
+    END IF;
 
-    INSERT INTO reservations (request_id, user_id, key_id, tokens, period_start, worker_id,
-                              endpoint, model, stream, estimated_input_tokens)
-        SELECT r.request_id, r.user_id, r.key_id, r.hold, r.start, admit_batch.worker_id,
-               r.endpoint, r.model, r.stream, greatest(coalesce(r.estimated, 0), 0)
-        FROM unnest(request_ids, users, keys, holds, starts, endpoints, models, streams, estimated_inputs)
-             AS r(request_id, user_id, key_id, hold, start, endpoint, model, stream, estimated)
-        WHERE r.hold IS NOT NULL;
-
-    RETURN QUERY SELECT r.n::integer, r.outcome, r.user_id, r.key_id, r.byok_key, r.quota, r.used, r.reserved,
-                        CASE WHEN r.quota IS NOT NULL THEN r.period_end END
-        FROM unnest(outcomes, users, keys, byoks, limits, useds, reserveds, ends) WITH ORDINALITY
-             AS r(outcome, user_id, key_id, byok_key, quota, used, reserved, period_end, n);
+    FOR i IN 1..n LOOP
+        ordinal := i;
+        outcome := outcomes[i];
+        user_id := users[i];
+        key_id := keys[i];
+        byok_key := byoks[i];
+        quota := limits[i];
+        used := useds[i];
+        reserved := reserveds[i];
+        period_end := ends[i];
+        RETURN NEXT;
+    END LOOP;
 END;
 $$;
 
@@ -232,7 +255,8 @@ CREATE OR REPLACE FUNCTION tollgate.settle_batch(
     reasoning bigint[], totals bigint[], usage_sources text[], started_ats timestamptz[],
     ttfb_ms double precision[], duration_ms double precision[])
 RETURNS TABLE (ordinal integer, recorded boolean)
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = tollgate, pg_temp AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = tollgate, pg_temp SET plan_cache_mode = force_generic_plan
+AS $$
 #variable_conflict use_column
 DECLARE
     n integer := coalesce(cardinality(request_ids), 0);
@@ -241,10 +265,6 @@ DECLARE
     held_tokens bigint[];
     held_starts date[];
     new_ids uuid[];
-    new_users bigint[];
-    new_totals bigint[];
-    new_sources text[];
-    new_starts timestamptz[];
     -- Per counter row (user, period) touched: tokens released and used, and whether to create it.
     counter_users bigint[];
     counter_starts date[];
@@ -255,28 +275,32 @@ BEGIN
     IF n = 0 THEN
         RETURN;
     END IF;
-    IF EXISTS (SELECT 1 FROM unnest(ARRAY[cardinality(user_ids), cardinality(key_ids), cardinality(endpoints),
-                                          cardinality(models), cardinality(streams), cardinality(key_sources),
-                                          cardinality(outcomes), cardinality(http_statuses), cardinality(inputs),
-                                          cardinality(settle_batch.cached), cardinality(outputs),
-                                          cardinality(settle_batch.reasoning), cardinality(totals),
-                                          cardinality(usage_sources), cardinality(started_ats),
-                                          cardinality(settle_batch.ttfb_ms), cardinality(settle_batch.duration_ms)])
-                   AS a(length)
-               WHERE a.length IS DISTINCT FROM n) THEN
+    IF cardinality(user_ids) IS DISTINCT FROM n OR cardinality(key_ids) IS DISTINCT FROM n
+       OR cardinality(endpoints) IS DISTINCT FROM n OR cardinality(models) IS DISTINCT FROM n
+       OR cardinality(streams) IS DISTINCT FROM n OR cardinality(key_sources) IS DISTINCT FROM n
+       OR cardinality(outcomes) IS DISTINCT FROM n OR cardinality(http_statuses) IS DISTINCT FROM n
+       OR cardinality(inputs) IS DISTINCT FROM n OR cardinality(settle_batch.cached) IS DISTINCT FROM n
+       OR cardinality(outputs) IS DISTINCT FROM n OR cardinality(settle_batch.reasoning) IS DISTINCT FROM n
+       OR cardinality(totals) IS DISTINCT FROM n OR cardinality(usage_sources) IS DISTINCT FROM n
+       OR cardinality(started_ats) IS DISTINCT FROM n OR cardinality(settle_batch.ttfb_ms) IS DISTINCT FROM n
+       OR cardinality(settle_batch.duration_ms) IS DISTINCT FROM n THEN
         RAISE EXCEPTION 'settle_batch: the arrays differ in length' USING ERRCODE = 'invalid_parameter_value';
     END IF;
 
     -- Reservations are locked first, in request-id order as release_worker locks them, so that a
     -- settlement racing a release of the same request waits instead of deadlocking.
-    PERFORM 1 FROM reservations r WHERE r.request_id = ANY(request_ids) ORDER BY r.request_id FOR UPDATE;
-    WITH released AS (
-        DELETE FROM reservations r WHERE r.request_id = ANY(request_ids)
+    WITH locked AS MATERIALIZED (
+        SELECT r.request_id FROM reservations r WHERE r.request_id = ANY(request_ids)
+        ORDER BY r.request_id FOR UPDATE
+    ), released AS (
+        DELETE FROM reservations r USING locked l WHERE r.request_id = l.request_id
         RETURNING r.request_id, r.user_id, r.tokens, r.period_start
     )
     SELECT array_agg(d.request_id), array_agg(d.user_id), array_agg(d.tokens), array_agg(d.period_start)
         INTO held_ids, held_users, held_tokens, held_starts FROM released d;
 
+    -- The ledger rows, first occurrence of each request id, in request-id order; then, from the
+    -- rows that are new, what each counter row (user, period) gets.
     WITH inserted AS (
         INSERT INTO ledger AS l (request_id, user_id, key_id, endpoint, model, stream, key_source, outcome,
                                  http_status, input_tokens, cached_input_tokens, output_tokens, reasoning_tokens,
@@ -294,55 +318,52 @@ BEGIN
         ORDER BY s.request_id, s.n
         ON CONFLICT (request_id) DO NOTHING
         RETURNING l.request_id, l.user_id, l.total_tokens, l.key_source, l.started_at
+    ), counted AS (
+        SELECT h.user_id, h.start, h.tokens AS released, coalesce(w.total_tokens, 0) AS used, false AS fresh
+        FROM unnest(held_ids, held_users, held_tokens, held_starts) AS h(request_id, user_id, tokens, start)
+        LEFT JOIN inserted w ON w.request_id = h.request_id
+        WHERE h.start IS NOT NULL
+        UNION ALL
+        SELECT w.user_id, period_start_of(q.period, w.started_at), 0, w.total_tokens, true
+        FROM inserted w JOIN quotas q ON q.user_id = w.user_id
+        WHERE w.key_source = 'platform' AND NOT (w.request_id = ANY(coalesce(held_ids, '{}'::uuid[])))
+    ), summed AS (
+        SELECT x.user_id, x.start, sum(x.released)::bigint AS released, sum(x.used)::bigint AS used,
+               bool_or(x.fresh) AS fresh
+        FROM counted x GROUP BY x.user_id, x.start
     )
-    SELECT array_agg(i.request_id), array_agg(i.user_id), array_agg(i.total_tokens), array_agg(i.key_source),
-           array_agg(i.started_at)
-        INTO new_ids, new_users, new_totals, new_sources, new_starts FROM inserted i;
-
-    SELECT array_agg(d.user_id ORDER BY d.user_id, d.start), array_agg(d.start ORDER BY d.user_id, d.start),
+    SELECT (SELECT array_agg(w.request_id) FROM inserted w),
+           array_agg(d.user_id ORDER BY d.user_id, d.start), array_agg(d.start ORDER BY d.user_id, d.start),
            array_agg(d.released ORDER BY d.user_id, d.start), array_agg(d.used ORDER BY d.user_id, d.start),
            array_agg(d.fresh ORDER BY d.user_id, d.start)
-        INTO counter_users, counter_starts, counter_released, counter_used, counter_create
-        FROM (
-            SELECT x.user_id, x.start, sum(x.released)::bigint AS released, sum(x.used)::bigint AS used,
-                   bool_or(x.fresh) AS fresh
-            FROM (
-                SELECT h.user_id, h.start, h.tokens AS released, coalesce(w.total, 0) AS used, false AS fresh
-                FROM unnest(held_ids, held_users, held_tokens, held_starts) AS h(request_id, user_id, tokens, start)
-                LEFT JOIN unnest(new_ids, new_totals) AS w(request_id, total) ON w.request_id = h.request_id
-                WHERE h.start IS NOT NULL
-                UNION ALL
-                SELECT w.user_id, period_start_of(q.period, w.started_at), 0, w.total, true
-                FROM unnest(new_ids, new_users, new_totals, new_sources, new_starts)
-                     AS w(request_id, user_id, total, key_source, started_at)
-                JOIN quotas q ON q.user_id = w.user_id
-                WHERE w.key_source = 'platform' AND NOT (w.request_id = ANY(coalesce(held_ids, '{}'::uuid[])))
-            ) x
-            GROUP BY x.user_id, x.start
-        ) d;
+        INTO new_ids, counter_users, counter_starts, counter_released, counter_used, counter_create
+        FROM summed d;
 
-    IF counter_users IS NOT NULL THEN
+    IF true = ANY(counter_create) THEN
         INSERT INTO usage_counters (user_id, period_start)
             SELECT s.user_id, s.start
             FROM unnest(counter_users, counter_starts, counter_create) AS s(user_id, start, fresh)
             WHERE s.fresh ORDER BY 1, 2
             ON CONFLICT DO NOTHING;
-        PERFORM 1 FROM usage_counters c
-            WHERE (c.user_id, c.period_start) IN (SELECT s.user_id, s.start FROM unnest(counter_users, counter_starts)
-                                                  AS s(user_id, start))
-            ORDER BY c.user_id, c.period_start FOR NO KEY UPDATE;
+    END IF;
+    IF counter_users IS NOT NULL THEN
         UPDATE usage_counters c
-            SET reserved_tokens = greatest(c.reserved_tokens - s.released, 0), used_tokens = c.used_tokens + s.used
-            FROM unnest(counter_users, counter_starts, counter_released, counter_used)
-                 AS s(user_id, start, released, used)
-            WHERE c.user_id = s.user_id AND c.period_start = s.start;
+            SET reserved_tokens = greatest(c.reserved_tokens - d.released, 0), used_tokens = c.used_tokens + d.used
+            FROM (SELECT l.user_id, l.period_start, s.released, s.used
+                  FROM usage_counters l
+                  JOIN unnest(counter_users, counter_starts, counter_released, counter_used)
+                       AS s(user_id, start, released, used) ON l.user_id = s.user_id AND l.period_start = s.start
+                  ORDER BY l.user_id, l.period_start FOR NO KEY UPDATE OF l) d
+            WHERE c.user_id = d.user_id AND c.period_start = d.period_start;
     END IF;
 
-    RETURN QUERY
-    SELECT r.n::integer, r.first AND r.request_id = ANY(coalesce(new_ids, '{}'::uuid[]))
-    FROM (SELECT a.request_id, a.n, row_number() OVER (PARTITION BY a.request_id ORDER BY a.n) = 1 AS first
-          FROM unnest(request_ids) WITH ORDINALITY AS a(request_id, n)) r
-    ORDER BY r.n;
+    -- A request id met earlier in the batch is not recorded again (array_position finds the first).
+    FOR i IN 1..n LOOP
+        ordinal := i;
+        recorded := request_ids[i] = ANY(coalesce(new_ids, '{}'::uuid[]))
+                    AND array_position(request_ids, request_ids[i]) = i;
+        RETURN NEXT;
+    END LOOP;
 END;
 $$;
 
@@ -383,6 +404,8 @@ $$;
 
 REVOKE ALL ON FUNCTION
     tollgate.byok_decrypt_or_null(bytea, text),
+    tollgate.callers(bytea[], text[], text),
+    tollgate.mark_keys_used(bytea[]),
     tollgate.authenticate_batch(bytea[], text[], text),
     tollgate.admit_batch(uuid[], bytea[], text[], bigint[], bigint[], text[], text[], boolean[], text, text),
     tollgate.settle_batch(uuid[], bigint[], bigint[], text[], text[], boolean[], text[], text[], integer[], bigint[],
