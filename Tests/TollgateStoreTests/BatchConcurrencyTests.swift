@@ -66,4 +66,50 @@ struct BatchConcurrencyTests {
                 connection, "SELECT count(*) FROM tollgate.ledger WHERE request_id = ANY($1::uuid[])",
                 [PostgresArray.literal(admitted.all)]) == String(admitted.all.count))
     }
+
+    @Test("settle batches racing the release of their worker never deadlock, and each request counts once")
+    func settleWhileReleasing() throws {
+        let connection = try TestDatabase.migrated()
+        let (first, firstKey) = try TestDatabase.userWithKey(connection, quota: 1_000_000)
+        let (second, secondKey) = try TestDatabase.userWithKey(connection, quota: 1_000_000)
+        let url = try #require(TestDatabase.url)
+        let failures = Collected<String>()
+        var admitted: [String] = []
+
+        for _ in 0..<10 {
+            let worker = try TestDatabase.metering(poolSize: 2)
+            let keys = [firstKey, secondKey, secondKey, firstKey, firstKey, secondKey]
+            let requests = keys.map { generationRequest(key: $0, reserve: 500, estimatedInput: 30) }
+            let tickets = try worker.admit(requests).map { try #require($0.ticket) }
+            admitted += requests.map(\.requestID)
+            let settlements = zip(requests, tickets).map { request, ticket in
+                completedSettlement(request, ticket, usage: Usage(inputTokens: 60, outputTokens: 40))
+            }
+            // Both lock the worker's reservations in request-id order, then the counters in user order.
+            ThreadGroup.run(2) { thread in
+                if thread == 0 {
+                    for case .failure(let error) in PostgresMetering.record(settlements, pool: worker.pool) {
+                        failures.append(error.description)
+                    }
+                } else {
+                    do {
+                        try StoreMaintenance(databaseURL: url).releaseWorker(worker.settings.workerID)
+                    } catch {
+                        failures.append(String(describing: error))
+                    }
+                }
+            }
+        }
+
+        #expect(failures.all.isEmpty)
+        for user in [first, second] {
+            let counters = try TestDatabase.counters(connection, user: user)
+            #expect(counters.reserved == 0)
+            #expect(try ledgerTokens(connection, user: user) == counters.used)
+        }
+        #expect(
+            try TestDatabase.scalar(
+                connection, "SELECT count(*) FROM tollgate.ledger WHERE request_id = ANY($1::uuid[])",
+                [PostgresArray.literal(admitted)]) == "60")
+    }
 }
