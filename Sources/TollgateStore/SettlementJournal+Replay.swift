@@ -5,7 +5,7 @@ import TollgateProxy
 #endif
 
 /// Replaying journaled settlements into the database: this worker's own files, then the files
-/// of workers that died. Lines go to `settle` in chunks of up to `replayChunk` (one round trip
+/// of workers that died. Lines go to `settle` in chunks of up to `replayChunkSize` (one round trip
 /// each); it is idempotent by request id, so a replay interrupted at any point (a new outage, a
 /// crash) is simply run again.
 extension SettlementJournal {
@@ -14,7 +14,7 @@ extension SettlementJournal {
     public typealias Settle = ([Settlement]) -> [Result<Bool, StoreError>]
 
     /// Journal lines sent to `settle` at once.
-    static let replayChunk = 64
+    static let replayChunkSize = 64
 
     /// A line read and parsed, waiting in a chunk.
     private struct PendingLine {
@@ -182,7 +182,7 @@ extension SettlementJournal {
                 continue
             }
             chunk.append(PendingLine(settlement: entry.settlement, text: line.text, start: start))
-            if chunk.count == Self.replayChunk {
+            if chunk.count == Self.replayChunkSize {
                 if let resumeAt = replayChunk(chunk, of: file, &report, settle) { return resumeAt }
                 chunk = []
             }
