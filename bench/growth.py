@@ -3,8 +3,9 @@
 A private PostgreSQL cluster (started and removed by the benchmark) holds one database per
 ledger size, all made from one template with the schema of sql/*.sql, 1,000 users and the
 benchmark user with a key and a quota big enough never to run out. Each measurement is a psql
-session calling `tollgate.admit(...)` then `tollgate.settle(...)` for fresh request ids,
-`\\timing` giving each call's round trip; the sizes are interleaved within every round.
+session calling the functions workers call, `tollgate.admit_batch(...)` then
+`tollgate.settle_batch(...)`, each with a batch of one fresh request id, `\\timing` giving each
+call's round trip; the sizes are interleaved within every round.
 
 Filling: `INSERT ... SELECT ... FROM generate_series(...)` with the ledger's indexes and
 unique constraints dropped during the load and rebuilt after it (read back from the catalog,
@@ -15,15 +16,22 @@ so that a disk flush, the same for every size, does not drown what the size chan
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import os
 import shutil
+import statistics
 import subprocess
+import sys
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness import BenchError, is_running
+# harness imports scripts/stack.py; scripts/bench.py has scripts/ on the path already, a run of this
+# file on its own (`python3 bench/growth.py batch-cost`) has not.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+
+from harness import BenchError, is_running  # noqa: E402
 
 BENCH_KEY = "tg-benchgrowth0000000000000000000000000000"
 """The benchmark user's key in the growth databases (a fixed test value, not a secret)."""
@@ -39,18 +47,24 @@ def _pg_bin() -> Path:
     return versions[-1].parent
 
 
+def bench_key_hash(index: int) -> str:
+    """Hex SHA-256 of benchmark user `index`'s key: BENCH_KEY for the first, a variant of it for the others."""
+    key = BENCH_KEY if index == 0 else f"{BENCH_KEY[:-6]}{index:06d}"
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
 def sql_files(root: Path) -> list[Path]:
     return sorted((root / "sql").glob("[0-9][0-9][0-9]_*.sql"))
 
 
 def growth_support(root: Path) -> str | None:
-    """None when the schema has admit() and settle(); otherwise why growth cannot run."""
+    """None when the schema has admit_batch() and settle_batch(); otherwise why growth cannot run."""
     files = sql_files(root)
     if not files:
         return "no sql/ migrations in this tree"
     text = "".join(path.read_text(errors="replace") for path in files)
-    if "tollgate.admit(" not in text or "tollgate.settle(" not in text:
-        return "sql/ defines no tollgate.admit / tollgate.settle yet"
+    if "tollgate.admit_batch(" not in text or "tollgate.settle_batch(" not in text:
+        return "sql/ defines no tollgate.admit_batch / tollgate.settle_batch yet"
     if not shutil.which("psql"):
         return "psql not found (install postgresql-client)"
     return None
@@ -144,21 +158,30 @@ class GrowthCluster:
 
     # -- preparing ----------------------------------------------------------------------------
 
-    def prepare_template(self) -> None:
-        """The template database: schema, filler users, the benchmark user, its key and quota."""
-        self.psql("postgres", f"CREATE DATABASE {TEMPLATE_DB}")
+    def prepare_template(self, database: str = TEMPLATE_DB, bench_users: int = 1) -> None:
+        """The template database: schema, filler users, the benchmark users, their keys and quotas.
+
+        The first benchmark user, `bench`, has BENCH_KEY; the others (`bench-1`...) keys of their own.
+        """
+        self.psql("postgres", f"CREATE DATABASE {database}")
         for path in sql_files(self.root):
-            self.psql(TEMPLATE_DB, file=path, single_transaction=True)
-        key_hash = hashlib.sha256(BENCH_KEY.encode()).hexdigest()
-        self.psql(TEMPLATE_DB, f"""
-            INSERT INTO tollgate.users (name) SELECT 'filler-' || g FROM generate_series(1, {FILLER_USERS - 1}) g;
-            INSERT INTO tollgate.users (name) VALUES ('bench');
-            INSERT INTO tollgate.api_keys (user_id, key_hash, prefix)
-                SELECT id, '\\x{key_hash}'::bytea, '{BENCH_KEY[:10]}' FROM tollgate.users WHERE name = 'bench';
-            SELECT tollgate.set_quota('bench', 1000000000000000, 'total');""")
-        ids = self.psql(TEMPLATE_DB, "SELECT u.id || ' ' || k.id FROM tollgate.users u "
-                                     "JOIN tollgate.api_keys k ON k.user_id = u.id WHERE u.name = 'bench'")
-        self.user_id, self.key_id = (int(part) for part in ids.split())
+            self.psql(database, file=path, single_transaction=True)
+        self.psql(database, f"""
+            INSERT INTO tollgate.users (name) SELECT 'filler-' || g FROM generate_series(1, {FILLER_USERS - 1}) g;""")
+        self.key_hashes = [bench_key_hash(index) for index in range(bench_users)]
+        for index, key_hash in enumerate(self.key_hashes):
+            name = "bench" if index == 0 else f"bench-{index}"
+            self.psql(database, f"""
+                INSERT INTO tollgate.users (name) VALUES ('{name}');
+                INSERT INTO tollgate.api_keys (user_id, key_hash, prefix)
+                    SELECT id, '\\x{key_hash}'::bytea, '{BENCH_KEY[:10]}' FROM tollgate.users WHERE name = '{name}';
+                SELECT tollgate.set_quota('{name}', 1000000000000000, 'total');""")
+        ids = self.psql(database, "SELECT u.id || ' ' || k.id FROM tollgate.users u JOIN tollgate.api_keys k "
+                                  "ON k.user_id = u.id WHERE u.name = 'bench' OR u.name LIKE 'bench-%' ORDER BY u.id")
+        pairs = [tuple(int(part) for part in line.split()) for line in ids.splitlines()]
+        self.user_ids = [user for user, _ in pairs]
+        self.key_ids = [key for _, key in pairs]
+        self.user_id, self.key_id = self.user_ids[0], self.key_ids[0]
 
     def create(self, database: str, template: str = TEMPLATE_DB) -> None:
         self.psql("postgres", f"CREATE DATABASE {database} TEMPLATE {template}")
@@ -210,21 +233,20 @@ class GrowthCluster:
 
     # -- measuring ----------------------------------------------------------------------------
 
-    def measure(self, database: str, pairs: int, warmup: int) -> Timings:
-        """Times `pairs` admit+settle round trips (after `warmup` untimed ones) in one session.
+    def measure(self, database: str, pairs: int, warmup: int, batch: int = 1, users: int = 1) -> Timings:
+        """Times `pairs` admit_batch+settle_batch round trips (after `warmup` untimed ones) in one session.
 
-        Fails when a call did not admit or a settlement did not leave its ledger row, so a
-        figure never comes from calls that were refused.
+        Each call carries `batch` fresh request ids, spread over the first `users` benchmark users
+        (the growth scenario: 1 and 1, so each figure is one request's latency). Fails when a
+        request was not admitted or a settlement did not leave its ledger row, so a figure never
+        comes from calls that were refused.
         """
-        key_hash = hashlib.sha256(BENCH_KEY.encode()).hexdigest()
-        ids = [str(uuid.uuid4()) for _ in range(warmup + pairs)]
+        calls = [[str(uuid.uuid4()) for _ in range(batch)] for _ in range(warmup + pairs)]
         lines = ["SET synchronous_commit = off;", "\\timing on", "\\o /dev/null"]
-        for request_id in ids:
-            lines.append(f"SELECT outcome FROM tollgate.admit('{request_id}', '\\x{key_hash}'::bytea, NULL, 16400, "
-                         "20, 'chat.completions', 'gpt-4o-mini', false, 'bench:growth', NULL);")
-            lines.append(f"SELECT tollgate.settle('{request_id}', {self.user_id}, {self.key_id}, 'chat.completions', "
-                         "'gpt-4o-mini', false, 'platform', 'completed', 200, 20, 0, 5, 0, 25, 'reported', now(), "
-                         "150.0, 900.0);")
+        for ids in calls:
+            owners = [index % users for index in range(len(ids))]
+            lines.append(self._admit_batch_sql(ids, owners))
+            lines.append(self._settle_batch_sql(ids, owners))
         used_before, _ = self._standing(database)
         script = self.base.parent / f"measure-{database}.sql"
         script.write_text("\n".join(lines) + "\n")
@@ -233,25 +255,117 @@ class GrowthCluster:
         finally:
             script.unlink(missing_ok=True)
         times = [float(line.split()[1]) for line in output.splitlines() if line.startswith("Time: ")]
-        if len(times) != 2 * len(ids):
-            raise BenchError(f"growth: expected {2 * len(ids)} timings from psql, got {len(times)}")
-        self._check_settled(database, ids, used_before)
+        if len(times) != 2 * len(calls):
+            raise BenchError(f"growth: expected {2 * len(calls)} timings from psql, got {len(times)}")
+        self._check_settled(database, [i for ids in calls for i in ids], used_before)
         timed = times[2 * warmup :]
         return Timings(admit_ms=timed[0::2], settle_ms=timed[1::2])
 
+    def _admit_batch_sql(self, ids: list[str], owners: list[int]) -> str:
+        """One admit_batch call: 16,400 tokens reserved per request (20 estimated input)."""
+        count = len(ids)
+        uuids = ",".join(f"'{request_id}'" for request_id in ids)
+        hashes = ",".join(f"'\\x{self.key_hashes[owner]}'::bytea" for owner in owners)
+        return (f"SELECT count(*) FILTER (WHERE outcome = 'admitted') FROM tollgate.admit_batch("
+                f"ARRAY[{uuids}]::uuid[], ARRAY[{hashes}], array_fill(NULL::text, ARRAY[{count}]), "
+                f"array_fill(16400::bigint, ARRAY[{count}]), array_fill(20::bigint, ARRAY[{count}]), "
+                f"array_fill('chat.completions'::text, ARRAY[{count}]), "
+                f"array_fill('gpt-4o-mini'::text, ARRAY[{count}]), "
+                f"array_fill(false, ARRAY[{count}]), 'bench:growth', NULL);")
+
+    def _settle_batch_sql(self, ids: list[str], owners: list[int]) -> str:
+        """One settle_batch call: 25 tokens used per request."""
+        count = len(ids)
+        uuids = ",".join(f"'{request_id}'" for request_id in ids)
+        users = ",".join(str(self.user_ids[owner]) for owner in owners)
+        keys = ",".join(str(self.key_ids[owner]) for owner in owners)
+        same = [f"array_fill({value}, ARRAY[{count}])" for value in (
+            "'chat.completions'::text", "'gpt-4o-mini'::text", "false", "'platform'::text", "'completed'::text",
+            "200", "20::bigint", "0::bigint", "5::bigint", "0::bigint", "25::bigint", "'reported'::text", "now()",
+            "150.0::float8", "900.0::float8")]
+        return (f"SELECT count(*) FILTER (WHERE recorded) FROM tollgate.settle_batch(ARRAY[{uuids}]::uuid[], "
+                f"ARRAY[{users}]::bigint[], ARRAY[{keys}]::bigint[], {', '.join(same)});")
+
     def _standing(self, database: str) -> tuple[int, int]:
-        """(used, reserved) tokens of the benchmark user."""
+        """(used, reserved) tokens of the benchmark users."""
+        users = ",".join(str(user) for user in self.user_ids)
         found = self.psql(database, f"""
             SELECT coalesce(sum(used_tokens), 0) || ' ' || coalesce(sum(reserved_tokens), 0)
-            FROM tollgate.usage_counters WHERE user_id = {self.user_id}""")
+            FROM tollgate.usage_counters WHERE user_id IN ({users})""")
         used, reserved = (int(part) for part in found.split())
         return used, reserved
 
     def _check_settled(self, database: str, ids: list[str], used_before: int) -> None:
         """Every call admitted (its 25 tokens reached the counter) and nothing is still held."""
         used, reserved = self._standing(database)
-        listed = ",".join(f"'{request_id}'" for request_id in ids)
-        rows = int(self.psql(database, f"SELECT count(*) FROM tollgate.ledger WHERE request_id IN ({listed})"))
+        listed = ",".join(ids)
+        rows = int(self.psql(database, "SELECT count(*) FROM tollgate.ledger "
+                                       f"WHERE request_id = ANY('{{{listed}}}'::uuid[])"))
         if rows != len(ids) or used - used_before != 25 * len(ids) or reserved != 0:
             raise BenchError(f"growth: {rows} of {len(ids)} ledger rows, {used - used_before} of {25 * len(ids)} "
                              f"tokens counted, {reserved} still reserved (admission refused?)")
+
+
+# -- batch sizes, on a running cluster ---------------------------------------------------------
+
+BATCH_SIZES = (1, 16, 64)
+BATCH_COST_DB = "growth_batch_cost"
+
+
+def batch_cost(root: Path, port: int, rounds: int, requests: int, users: int) -> dict[int, dict[str, float]]:
+    """PostgreSQL's cost per request of admit_batch and settle_batch at each of BATCH_SIZES, ms.
+
+    Runs on a cluster already listening on 127.0.0.1:`port` that trusts the user postgres (the
+    store tests' one, from scripts/stack.py db-start), in a database of its own, created from
+    sql/ and dropped at the end. Every round measures each size in turn, `requests` requests
+    each, spread over `users` benchmark users; a figure is the median, over the rounds, of the
+    median round trip of one call divided by the batch size.
+    """
+    run_dir = root / ".run" / "bench-batch-cost"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cluster = GrowthCluster(root, run_dir, port)
+    cluster.base.parent.mkdir(parents=True, exist_ok=True)
+    cluster.psql("postgres", f"DROP DATABASE IF EXISTS {BATCH_COST_DB}")
+    cluster.prepare_template(BATCH_COST_DB, bench_users=users)
+    samples: dict[int, dict[str, list[float]]] = {size: {"admit": [], "settle": []} for size in BATCH_SIZES}
+    try:
+        for _ in range(rounds):
+            for size in BATCH_SIZES:
+                calls = max(1, requests // size)
+                timings = cluster.measure(BATCH_COST_DB, calls, warmup=max(2, calls // 10), batch=size, users=users)
+                samples[size]["admit"].append(statistics.median(timings.admit_ms) / size)
+                samples[size]["settle"].append(statistics.median(timings.settle_ms) / size)
+    finally:
+        cluster.psql("postgres", f"DROP DATABASE IF EXISTS {BATCH_COST_DB}")
+    return {size: {call: statistics.median(values) for call, values in calls.items()}
+            for size, calls in samples.items()}
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description="Measurements of the store functions outside scripts/bench.py.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    cost = commands.add_parser("batch-cost", help="cost per request of admit_batch / settle_batch at batch sizes "
+                                                  + ", ".join(map(str, BATCH_SIZES)))
+    cost.add_argument("--port", type=int, required=True, help="a PostgreSQL on 127.0.0.1 trusting user postgres")
+    cost.add_argument("--rounds", type=int, default=5, help="rounds, sizes interleaved in each (5)")
+    cost.add_argument("--requests", type=int, default=1024, help="requests per size and round (1024)")
+    cost.add_argument("--users", type=int, default=8, help="users the requests are spread over (8)")
+    args = parser.parse_args(argv)
+
+    root = Path(__file__).resolve().parent.parent
+    try:
+        figures = batch_cost(root, args.port, args.rounds, args.requests, args.users)
+    except BenchError as error:
+        print(f"growth: {error}", file=sys.stderr)
+        return 1
+    print(f"PostgreSQL cost per request, ms (median of {args.rounds} rounds, {args.requests} requests per size "
+          f"and round, {args.users} users, psql \\timing over TCP 127.0.0.1, synchronous_commit off)")
+    print("| batch size | admit_batch | settle_batch | admit + settle |")
+    print("|---:|---:|---:|---:|")
+    for size, calls in figures.items():
+        print(f"| {size} | {calls['admit']:.3f} | {calls['settle']:.3f} | {calls['admit'] + calls['settle']:.3f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

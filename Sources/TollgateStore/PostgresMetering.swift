@@ -4,9 +4,11 @@ import TollgateProxy
 /// Metering in PostgreSQL: every request belongs to a user, is admitted only within that user's
 /// quota, and leaves exactly one row in the usage ledger.
 ///
-/// Admission and settlement are one round trip each (`tollgate.admit`, `tollgate.settle`, see
-/// sql/002_functions.sql) on a connection borrowed from a small pool, so they block the calling
-/// request thread for about a millisecond. Shared by all request threads of a worker.
+/// Admissions and settlements go in batches, one round trip and one transaction per batch
+/// (`tollgate.admit_batch`, `tollgate.settle_batch`, see sql/005_batches.sql), on a connection
+/// borrowed from a small pool; every call blocks its thread for that round trip, so the worker's
+/// metering threads make them, not its event loop. A batch of one serves the single calls.
+/// Shared by all threads of a worker.
 ///
 /// While the database is unavailable, settlements go to the `SettlementJournal` (synced before
 /// `settle` returns) and a background thread replays them once it is back; admission follows the
@@ -28,9 +30,7 @@ public final class PostgresMetering: BatchMetering {
         self.pool = pool
         self.journal = journal
         self.replayer = journal.map { journal in
-            SettlementJournalReplayer(journal: journal) { settlement throws(StoreError) in
-                try Self.record(settlement, pool: pool)
-            }
+            SettlementJournalReplayer(journal: journal) { settlements in Self.record(settlements, pool: pool) }
         }
         self.outage = OutagePolicy(
             mode: settings.outagePolicy, allowance: settings.outageAllowance,
@@ -75,159 +75,31 @@ public final class PostgresMetering: BatchMetering {
         replayer.journal.close()
     }
 
-    /// Checks once, at start-up, that the database answers and has been migrated.
+    /// Checks once, at start-up, that the database answers and has been migrated (up to the batch
+    /// functions this worker calls).
     public func verify() throws(StoreError) {
         let result = try pool.withConnection { connection throws(StoreError) in
             try connection.execute(
-                "SELECT to_regprocedure('tollgate.admit(uuid, bytea, text, bigint, bigint, text, text, boolean, text, "
-                    + "text)') IS NOT NULL AS ready")
+                "SELECT to_regprocedure($1) IS NOT NULL AND to_regprocedure($2) IS NOT NULL AS ready",
+                parameters: [Self.admitBatchSignature, Self.settleBatchSignature])
         }
         guard result.boolean("ready") == true else {
             throw StoreError(.invalidSetting, "the database has no Tollgate schema yet: run 'tollgate migrate'")
         }
     }
 
-    // Limitation: admission and settlement are one synchronous database round trip each, on the
-    // request's own thread; on a 2-core machine shared with nginx and PostgreSQL this holds full
-    // metering near 6% of nginx's own throughput at 64 connections (the target is 30%).
-    // Settling in batches off the request thread, and leasing quota to workers in blocks, are
-    // the candidates.
+    // Limitation: called one request at a time (as by a thread-per-request worker), admission and
+    // settlement still cost one round trip each on the request's thread; batching pays off only
+    // once the worker's metering threads gather what is waiting into the batch methods.
+
+    /// Decides one request: a batch of one (see `admit(_ requests:)`). Blocks for a round trip.
     public func admit(_ request: AdmissionRequest) -> Admission {
-        let caller: Caller
-        switch Caller.identify(request.client, mode: settings.authMode, userHeader: settings.userHeader) {
-        case .failure(let error): return .rejected(error)
-        case .success(let identified): caller = identified
-        }
-
-        let answer: AdmissionAnswer
-        do {
-            answer = try pool.withConnection { connection throws(StoreError) in
-                try AdmissionAnswer(
-                    connection.executePrepared(
-                        Self.admitStatement, sql: Self.admitSQL, parameters: admitParameters(request, caller)))
-            }
-        } catch {
-            return withoutDatabase(caller, requestID: request.requestID, tokens: request.reservedTokens, error)
-        }
-        outage.learn(answer, caller: caller)
-        return decide(answer, requested: request.reservedTokens, requestID: request.requestID)
+        admit([request]).first ?? .rejected(.meteringUnavailable())
     }
 
-    public func admitListing(from client: ProxyRequest) -> Admission {
-        let caller: Caller
-        switch Caller.identify(client, mode: settings.authMode, userHeader: settings.userHeader) {
-        case .failure(let error): return .rejected(error)
-        case .success(let identified): caller = identified
-        }
-
-        let answer: AdmissionAnswer
-        do {
-            answer = try pool.withConnection { connection throws(StoreError) in
-                try AdmissionAnswer(
-                    connection.executePrepared(
-                        Self.authenticateStatement, sql: Self.authenticateSQL,
-                        parameters: authenticateParameters(caller)))
-            }
-        } catch {
-            return withoutDatabase(caller, requestID: client.id, tokens: 0, error)
-        }
-        outage.learn(answer, caller: caller)
-        return decide(answer, requested: 0, requestID: client.id)
-    }
-
+    /// Records one settlement: a batch of one (see `settle(_ settlements:)`). Blocks until it is
+    /// recorded or journaled.
     public func settle(_ settlement: Settlement) {
-        outage.settled(requestID: settlement.requestID, totalTokens: settlement.usage.totalTokens)
-        guard settlement.ticket.userID != nil else {
-            Log.error("usage.settle_failed", settlement.logFields + [(.detail, "ticket without a user")])
-            return
-        }
-        do {
-            if try Self.record(settlement, pool: pool) {
-                // The ledger row is the record; the log line is for debugging the data path.
-                Log.debug("usage.settled", settlement.logFields)
-            } else {
-                Log.warning("usage.already_settled", [(.requestID, settlement.requestID)])
-            }
-        } catch {
-            keep(settlement, after: error)
-        }
-    }
-
-    /// Records one settlement with `tollgate.settle`; true when its ledger row is new (false: the
-    /// request was settled before). Blocks for one round trip.
-    static func record(_ settlement: Settlement, pool: ConnectionPool) throws(StoreError) -> Bool {
-        let result = try pool.withConnection { connection throws(StoreError) in
-            try connection.executePrepared(
-                Self.settleStatement, sql: Self.settleSQL, parameters: Self.settleParameters(settlement))
-        }
-        return result.scalar == "t"
-    }
-
-    /// A settlement the database did not take: journaled when the database is unavailable (it
-    /// is replayed later), otherwise logged with every count.
-    private func keep(_ settlement: Settlement, after error: StoreError) {
-        guard OutagePolicy.isOutage(error), let journal else {
-            // Limitation: a settlement the database refuses (a constraint, not an outage), or one
-            // failing without a journal, is only logged, with every count; its reservation stays
-            // until its worker is released. Replaying it would be refused again.
-            Log.error(
-                "usage.settle_failed",
-                settlement.logFields + [(.code, error.code.rawValue), (.detail, error.description)])
-            return
-        }
-        do {
-            try journal.append(settlement)
-            Log.warning("usage.journaled", settlement.logFields + [(.code, error.code.rawValue)])
-        } catch let failure {
-            // Limitation: with neither the database nor the journal's disk writable, the log line
-            // is the only record left of this settlement.
-            Log.error(
-                "usage.journal_failed",
-                settlement.logFields + [(.code, error.code.rawValue), (.detail, failure.description)])
-        }
-    }
-
-    /// Turns the store's answer into an admission; the decrypted BYOK key goes only into the ticket.
-    private func decide(_ answer: AdmissionAnswer, requested: Int, requestID: String) -> Admission {
-        if let rejection = answer.outcome.rejection(standing: answer.standing, requested: requested) {
-            logRejection(answer.outcome, requestID: requestID)
-            return .rejected(rejection)
-        }
-        let byok = answer.byokKey
-        let reserved = byok == nil && answer.standing != nil ? max(0, requested) : 0
-        return .admitted(
-            AdmissionTicket(
-                upstreamKey: byok ?? settings.platformKey, keySource: byok == nil ? .platform : .byok,
-                userID: answer.userID, keyID: answer.keyID, reservedTokens: reserved))
-    }
-
-    private func logRejection(_ outcome: AdmissionOutcome, requestID: String) {
-        switch outcome {
-        case .byokSecretMissing:
-            Log.error(
-                "admission.byok_secret_missing",
-                [(.requestID, requestID), (.detail, "TOLLGATE_SECRET is not set; it is required to use BYOK keys")])
-        case .byokSecretInvalid:
-            Log.error(
-                "admission.byok_secret_invalid",
-                [(.requestID, requestID), (.detail, "TOLLGATE_SECRET does not decrypt this user's BYOK key")])
-        default:
-            Log.debug("admission.rejected", [(.requestID, requestID), (.outcome, outcome.rawValue)])
-        }
-    }
-
-    /// Admission when the database did not answer: the outage policy decides when it is down,
-    /// any other failure is a 503.
-    private func withoutDatabase(_ caller: Caller, requestID: String, tokens: Int, _ error: StoreError) -> Admission {
-        guard OutagePolicy.isOutage(error) else { return unavailable(error, requestID: requestID) }
-        return outage.admit(
-            caller, requestID: requestID, tokens: tokens, platformKey: settings.platformKey, failure: error)
-    }
-
-    private func unavailable(_ error: StoreError, requestID: String) -> Admission {
-        Log.error(
-            "admission.store_failed",
-            [(.requestID, requestID), (.code, error.code.rawValue), (.detail, error.description)])
-        return .rejected(.meteringUnavailable())
+        settle([settlement])
     }
 }

@@ -43,8 +43,8 @@ extension SettlementJournal {
         }
     }
 
-    /// Writes `bytes` whole. A write cut short (disk full) is ended with a newline, so that only
-    /// this line is unreadable and the next one starts clean.
+    /// Writes `bytes` (one line or several) whole. A write cut short (disk full) is ended with a
+    /// newline, so that only the line it cut is unreadable and the next one starts clean.
     static func writeLine(_ bytes: [UInt8], to descriptor: Int32) throws(StoreError) {
         var written = 0
         while written < bytes.count {

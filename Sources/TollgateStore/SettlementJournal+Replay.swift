@@ -5,9 +5,25 @@ import TollgateProxy
 #endif
 
 /// Replaying journaled settlements into the database: this worker's own files, then the files
-/// of workers that died. Each line goes through `settle`, which is idempotent by request id, so
-/// a replay interrupted at any point (a new outage, a crash) is simply run again.
+/// of workers that died. Lines go to `settle` in chunks of up to `replayChunkSize` (one round trip
+/// each); it is idempotent by request id, so a replay interrupted at any point (a new outage, a
+/// crash) is simply run again.
 extension SettlementJournal {
+    /// Records a batch of settlements and answers each, in order: whether its ledger row is new,
+    /// or why it was not recorded (`PostgresMetering.record`). Blocks for a round trip.
+    public typealias Settle = ([Settlement]) -> [Result<Bool, StoreError>]
+
+    /// Journal lines sent to `settle` at once.
+    static let replayChunkSize = 64
+
+    /// A line read and parsed, waiting in a chunk.
+    private struct PendingLine {
+        var settlement: Settlement
+        var text: Substring
+        /// File offset where the line starts: where a replay stopped by an outage resumes.
+        var start: Int64
+    }
+
     /// What one replay did.
     public struct Report: Sendable, Equatable {
         /// Lines that became ledger rows now.
@@ -27,9 +43,8 @@ extension SettlementJournal {
     }
 
     /// Replays every journal file this worker may replay, stopping at the first failure that
-    /// says the database is unavailable. `settle` records one settlement and returns whether its
-    /// ledger row is new; it blocks the calling thread for a round trip.
-    public func replay(using settle: (Settlement) throws(StoreError) -> Bool) -> Report {
+    /// says the database is unavailable. Blocks for `settle`'s round trips.
+    public func replay(using settle: Settle) -> Report {
         replaying.withLock { _ in
             var report = Report()
             replaySealed(into: &report, settle)
@@ -52,7 +67,7 @@ extension SettlementJournal {
         Log.info("journal.replayed", [(.worker, workerID), (.detail, summary)])
     }
 
-    private func replaySealed(into report: inout Report, _ settle: (Settlement) throws(StoreError) -> Bool) {
+    private func replaySealed(into report: inout Report, _ settle: Settle) {
         let files = state.withLock { state in
             let files = state.sealed
             state.sealed = []
@@ -84,7 +99,7 @@ extension SettlementJournal {
     /// replay (the database is down), or when another worker is replaying one of those files
     /// right now; the release must then wait and be tried again.
     public static func replayLeftovers(
-        ofWorker workerID: String, directory: String, using settle: (Settlement) throws(StoreError) -> Bool
+        ofWorker workerID: String, directory: String, using settle: Settle
     ) throws(StoreError) -> Report {
         let prefix = fileName(forWorker: workerID) + "."
         guard names(in: directory).contains(where: { isJournalFile($0) && $0.hasPrefix(prefix) }) else {
@@ -107,7 +122,7 @@ extension SettlementJournal {
     /// given), one at a time, under their lock. Returns how many were locked by a live process.
     @discardableResult
     private func adoptOrphans(
-        into report: inout Report, _ settle: (Settlement) throws(StoreError) -> Bool, only prefix: String? = nil
+        into report: inout Report, _ settle: Settle, only prefix: String? = nil
     ) -> Int {
         var busy = 0
         // Limitation: an orphan is replayed into this worker's database, whichever database its
@@ -152,35 +167,60 @@ extension SettlementJournal {
         !name.hasPrefix(".") && (name.hasSuffix(".journal") || name.hasSuffix(".replay"))
     }
 
-    /// Replays `file` from its replayed offset to its end, line by line. Returns the offset to
-    /// resume from when a failure stopped it (then `report.failure` is set), nil when done.
-    private func replayFile(
-        _ file: LockedFile, _ report: inout Report, _ settle: (Settlement) throws(StoreError) -> Bool
-    ) -> Int64? {
+    /// Replays `file` from its replayed offset to its end, in chunks of lines. Returns the offset
+    /// to resume from when a failure stopped it (then `report.failure` is set), nil when done.
+    private func replayFile(_ file: LockedFile, _ report: inout Report, _ settle: Settle) -> Int64? {
         var reader = SettlementJournalReader(descriptor: file.descriptor, offset: file.replayedOffset)
+        var chunk: [PendingLine] = []
         while let (line, start) = reader.nextLine() {
             guard let entry = line.isComplete ? SettlementJournalEntry(line: line.text) : nil else {
+                // The chunk goes first, so that a resumed replay never meets this line twice.
+                if let resumeAt = replayChunk(chunk, of: file, &report, settle) { return resumeAt }
+                chunk = []
                 reject(line.text, of: file, requestID: nil, reason: "unreadable line", &report)
                 if report.failure != nil { return start }
                 continue
             }
-            do {
-                // Limitation: if the request's reservation was released first (its worker exited, or
-                // another machine swept this one after a database outage longer than the sweep age),
-                // its estimated worker_lost row is already in the append-only ledger and this line
-                // only counts as a duplicate.
-                if try settle(entry.settlement) { report.settled += 1 } else { report.duplicates += 1 }
-            } catch  where OutagePolicy.isOutage(error) {
-                report.failure = error
-                return start
-            } catch {
-                reject(line.text, of: file, requestID: entry.settlement.requestID, reason: error.description, &report)
-                if report.failure != nil { return start }
+            chunk.append(PendingLine(settlement: entry.settlement, text: line.text, start: start))
+            if chunk.count == Self.replayChunkSize {
+                if let resumeAt = replayChunk(chunk, of: file, &report, settle) { return resumeAt }
+                chunk = []
             }
         }
+        if let resumeAt = replayChunk(chunk, of: file, &report, settle) { return resumeAt }
         if let failure = reader.failure {
             report.failure = failure
             return reader.offset
+        }
+        return nil
+    }
+
+    /// Settles `chunk` in one batch and counts the answers; lines the database refuses are set
+    /// aside. Returns the offset to resume from when an outage stopped it, nil when all were taken.
+    private func replayChunk(
+        _ chunk: [PendingLine], of file: LockedFile, _ report: inout Report, _ settle: Settle
+    ) -> Int64? {
+        guard let first = chunk.first else { return nil }
+        // Limitation: if a request's reservation was released first (its worker exited, or another
+        // machine swept this one after a database outage longer than the sweep age), its estimated
+        // worker_lost row is already in the append-only ledger and its line only counts as a duplicate.
+        let results = settle(chunk.map(\.settlement))
+        guard results.count == chunk.count else {
+            report.failure = StoreError(
+                .unexpectedResult, "a replayed chunk of \(chunk.count) got \(results.count) answers")
+            return first.start
+        }
+        for (line, result) in zip(chunk, results) {
+            switch result {
+            case .success(true): report.settled += 1
+            case .success(false): report.duplicates += 1
+            case .failure(let error) where OutagePolicy.isOutage(error):
+                report.failure = error
+                return line.start
+            case .failure(let error):
+                reject(line.text, of: file, requestID: line.settlement.requestID, reason: error.description, &report)
+                if report.failure != nil { return line.start }
+            }
         }
         return nil
     }

@@ -17,9 +17,9 @@ import TollgateProxy
 /// `<name>.<n>.replay`; the next append opens a fresh one), replays it and deletes it. A file
 /// whose lock can be taken belongs to a worker that died: any worker adopts and replays it.
 ///
-/// Shared by a worker's request threads. `append` blocks its thread for one `write(2)` and one
-/// `fdatasync`, serialised by a mutex; replays are serialised by another, so appends never wait
-/// on the database.
+/// Shared by a worker's threads. `append` blocks its thread for one `write(2)` and one
+/// `fdatasync` per call, whatever the number of settlements, serialised by a mutex; replays are
+/// serialised by another, so appends never wait on the database.
 public final class SettlementJournal: Sendable {
     /// A journal file this process holds open and locked.
     struct LockedFile: Sendable {
@@ -35,6 +35,8 @@ public final class SettlementJournal: Sendable {
         /// Sealed files waiting for their replay, oldest first.
         var sealed: [LockedFile] = []
         var isClosed = false
+        /// `fdatasync` calls made by appends, for tests and diagnostics.
+        var syncs = 0
     }
 
     public let directory: String
@@ -64,14 +66,28 @@ public final class SettlementJournal: Sendable {
     /// Records `settlement` durably: one line, one `write(2)` on an O_APPEND descriptor, then
     /// `fdatasync`. When this returns, the settlement survives a crash of the process or the machine.
     public func append(_ settlement: Settlement) throws(StoreError) {
-        let bytes = Array(SettlementJournalEntry(settlement).line.utf8)
+        try append([settlement])
+    }
+
+    /// Records `settlements` durably together: one line each, all in one `write(2)`, then ONE
+    /// `fdatasync`. When this returns, every one survives a crash; when it throws, the lines
+    /// before a short write may still have reached the file (a replay counts each at most once).
+    public func append(_ settlements: [Settlement]) throws(StoreError) {
+        guard !settlements.isEmpty else { return }
+        let bytes = Array(settlements.map { SettlementJournalEntry($0).line }.joined().utf8)
         try state.withLock { state throws(StoreError) in
             guard !state.isClosed else { throw StoreError(.invalidSetting, "the settlement journal is closed") }
             if state.current == nil { state.current = try createFile() }
             guard let file = state.current else { return }
             try Self.writeLine(bytes, to: file.descriptor)
+            state.syncs += 1
             guard fdatasync(file.descriptor) == 0 else { throw Self.failure("fdatasync", path: file.path) }
         }
+    }
+
+    /// `fdatasync` calls made by appends so far.
+    var syncCount: Int {
+        state.withLock { $0.syncs }
     }
 
     /// Releases every file and lock as the death of the process would: files stay, and the next

@@ -14,14 +14,15 @@ import TollgateProxy
 public final class SettlementJournalReplayer: Sendable {
     public let journal: SettlementJournal
     public let interval: Duration
-    private let settle: @Sendable (Settlement) throws(StoreError) -> Bool
+    private let settle: @Sendable ([Settlement]) -> [Result<Bool, StoreError>]
     private let stopping = Atomic<Bool>(false)
     private let thread = Mutex<pthread_t?>(nil)
 
-    /// `settle` records one settlement in the database and says whether its ledger row is new.
+    /// `settle` records a batch of settlements in the database and answers each (see
+    /// `SettlementJournal.Settle`).
     public init(
         journal: SettlementJournal, interval: Duration = .seconds(1),
-        settle: @escaping @Sendable (Settlement) throws(StoreError) -> Bool
+        settle: @escaping @Sendable ([Settlement]) -> [Result<Bool, StoreError>]
     ) {
         self.journal = journal
         self.interval = interval

@@ -36,8 +36,8 @@ public final class StoreMaintenance {
         // The worker's journaled settlements carry real usage: record them before its
         // reservations turn into worker_lost estimates.
         if let journalDirectory {
-            _ = try SettlementJournal.replayLeftovers(ofWorker: workerID, directory: journalDirectory) {
-                settlement throws(StoreError) in try PostgresMetering.record(settlement, pool: pool)
+            _ = try SettlementJournal.replayLeftovers(ofWorker: workerID, directory: journalDirectory) { settlements in
+                PostgresMetering.record(settlements, pool: pool)
             }
         }
         let released = try count("SELECT tollgate.release_worker($1)", [workerID])
@@ -69,14 +69,6 @@ public final class StoreMaintenance {
 
     /// A PostgreSQL array literal of strings, each quoted, with `"` and `\` escaped.
     static func textArray(_ values: [String]) -> String {
-        let quoted = values.map { value in
-            var text = "\""
-            for character in value {
-                if character == "\"" || character == "\\" { text.append("\\") }
-                text.append(character)
-            }
-            return text + "\""
-        }
-        return "{" + quoted.joined(separator: ",") + "}"
+        PostgresArray.literal(values)
     }
 }

@@ -59,21 +59,25 @@ struct JournalDirectory {
     }
 }
 
-/// Stands in for `tollgate.settle`: records settlements by request id (idempotently, like the
-/// database), and can be made to fail like an unreachable or refusing database.
+/// Stands in for `tollgate.settle_batch`: records settlements by request id (idempotently, like
+/// the database), and can be made to fail like an unreachable or refusing database.
 final class FakeLedger: Sendable {
     private struct State {
         var rows: [String: Settlement] = [:]
         var calls: [String] = []
+        var batchSizes: [Int] = []
         var failure: StoreError?
         var refused: Set<String> = []
     }
 
     private let state = Mutex(State())
 
-    /// The settle function a journal replays through.
-    var settle: @Sendable (Settlement) throws(StoreError) -> Bool {
-        { [self] settlement throws(StoreError) in try record(settlement) }
+    /// The batch settle function a journal replays through.
+    var settle: @Sendable ([Settlement]) -> [Result<Bool, StoreError>] {
+        { [self] batch in
+            state.withLock { $0.batchSizes.append(batch.count) }
+            return settleOneByOne(batch) { settlement throws(StoreError) in try record(settlement) }
+        }
     }
 
     func record(_ settlement: Settlement) throws(StoreError) -> Bool {
@@ -101,6 +105,31 @@ final class FakeLedger: Sendable {
 
     var rows: [String: Settlement] { state.withLock { $0.rows } }
     var calls: [String] { state.withLock { $0.calls } }
+    /// The size of each batch `settle` was called with.
+    var batchSizes: [Int] { state.withLock { $0.batchSizes } }
+}
+
+/// A batch settle function made of a single one (see `settleOneByOne`).
+func oneByOne(
+    _ single: @escaping (Settlement) throws(StoreError) -> Bool
+) -> ([Settlement]) -> [Result<Bool, StoreError>] {
+    { batch in settleOneByOne(batch, single) }
+}
+
+/// Settles a batch one by one, failing like the database's batch: after an outage, the rest of
+/// the batch fails with it, untried.
+func settleOneByOne(
+    _ batch: [Settlement], _ single: (Settlement) throws(StoreError) -> Bool
+) -> [Result<Bool, StoreError>] {
+    var results: [Result<Bool, StoreError>] = []
+    for settlement in batch {
+        if case .failure(let error)? = results.last, OutagePolicy.isOutage(error) {
+            results.append(.failure(error))
+        } else {
+            results.append(Result { () throws(StoreError) in try single(settlement) })
+        }
+    }
+    return results
 }
 
 enum JournalSamples {

@@ -124,7 +124,7 @@ struct JournalTests {
             return try ledger.record(settlement)
         }
 
-        let stopped = journal.replay(using: flaky)
+        let stopped = journal.replay(using: oneByOne(flaky))
         let resumed = journal.replay(using: ledger.settle)
 
         #expect(stopped.settled == 2)
@@ -273,7 +273,7 @@ struct JournalTests {
         replayer.stop()
         try journal.append(JournalSamples.settlement(1))
         let callsAfterStop = ledger.calls.count
-        #expect(journal.replay(using: { _ throws(StoreError) in false }).duplicates == 1)
+        #expect(journal.replay(using: oneByOne { _ throws(StoreError) in false }).duplicates == 1)
         #expect(ledger.calls.count == callsAfterStop)
     }
 

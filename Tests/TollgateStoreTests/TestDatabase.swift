@@ -71,6 +71,13 @@ enum TestDatabase {
         try connection.execute(sql, parameters: parameters).scalar
     }
 
+    /// How many of `settlements` have their ledger row, as text.
+    static func ledgerRows(_ connection: PostgresConnection, _ settlements: [Settlement]) throws -> String? {
+        try scalar(
+            connection, "SELECT count(*) FROM tollgate.ledger WHERE request_id = ANY($1::uuid[])",
+            [PostgresArray.literal(settlements.map(\.requestID))])
+    }
+
     /// used_tokens and reserved_tokens of a user's current counter (0, 0 when there is none).
     static func counters(_ connection: PostgresConnection, user: String) throws -> (used: Int, reserved: Int) {
         let result = try connection.execute(
