@@ -251,7 +251,7 @@ final class FastCGIConnection: LoopHandler {
         responseEnded = false
         incoming = nil
         owner.requestFinished()
-        if !keep || owner.closesIdleConnections { close() }
+        if !keep || owner.retiring { close() }
     }
 
     /// nginx closed the connection (its client left) or it failed: the request being served, if

@@ -27,6 +27,8 @@ final class FastCGILoop: LoopHandler {
     /// Set when the worker stops: connections close as soon as they are idle, instead of
     /// waiting for nginx to retire them.
     private(set) var closesIdleConnections = false
+    /// Set when the worker retires: a connection closes right after its next answer.
+    private(set) var retiring = false
     private lazy var retryTimer = LoopTimer { [unowned self] in startAccepting() }
 
     /// Connections taken per wake-up, so that one loop does not take a whole burst from the others.
@@ -51,13 +53,15 @@ final class FastCGILoop: LoopHandler {
     }
 
     /// Stops taking connections. With `closingIdle`, idle connections close now and busy ones
-    /// once answered; otherwise they stay open for nginx to use and retire (see
-    /// tollgate-upstream.conf), so that no request nginx sends on one of them meets a closed
-    /// connection.
+    /// once answered. Otherwise idle ones stay open for nginx to retire (see
+    /// tollgate-upstream.conf), since nginx may be sending a request on one right now, and each
+    /// busy one closes the moment its answer is written: nginx then reads the end of the
+    /// connection with the end of the answer and does not keep it for another request.
     func stopAccepting(closingIdle: Bool) {
         loop.cancel(retryTimer)
         if accepting { loop.unwatch(listenDescriptor) }
         accepting = false
+        retiring = true
         guard closingIdle else { return }
         closesIdleConnections = true
         for connection in connections.values where connection.isIdle { connection.close() }

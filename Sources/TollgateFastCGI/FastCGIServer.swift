@@ -80,14 +80,18 @@ public final class FastCGIServer: @unchecked Sendable {
     }
 
     /// For a worker replaced by a reload: stops accepting but leaves its connections to nginx,
-    /// which retires them (after their last request, or idle), and waits until all are gone or
-    /// `grace` runs out; then closes idle ones as `stop` does. Returns the requests in flight.
+    /// which retires them (after their last request, or idle; see tollgate-upstream.conf), for
+    /// up to half of `grace`; then stops as `stop` does within what is left. Returns the
+    /// requests still in flight.
     public func retire(grace: Duration) -> Int {
-        let deadline = ContinuousClock.now + grace
+        let started = ContinuousClock.now
         stopAccepting(closingIdle: false)
-        _ = waitUntil(deadline) { inFlight == 0 && busy.connections.load(ordering: .relaxed) == 0 }
+        _ = waitUntil(started + grace / 2) { inFlight == 0 && busy.connections.load(ordering: .relaxed) == 0 }
+        // Limitation: a connection still open now is closed while idle; a request nginx sends on
+        // it at that very moment fails with 502. Connections close after their next answer, and
+        // nginx drops idle ones after 2 s, so this takes a trickle of requests on one connection.
         stopAccepting(closingIdle: true)
-        return waitUntil(deadline) { inFlight == 0 }
+        return waitUntil(started + grace) { inFlight == 0 }
     }
 
     private func stopAccepting(closingIdle: Bool) {

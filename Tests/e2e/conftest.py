@@ -239,7 +239,6 @@ def build_stack(name: str, http_port: int, mock_port: int | None, **options: obj
 
     env = {**STACK_ENV, **options.pop("env", {})}
     options.setdefault("workers", 2)
-    options.setdefault("threads", 32)
     return Stack(ROOT, name=name, http_port=http_port, mock_port=mock_port, env=env, **options)
 
 

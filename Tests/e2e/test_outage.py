@@ -39,7 +39,7 @@ def outage_stack(kit, name: str, http_port: int, mock_port: int, workers: int, e
         sys.path.insert(0, str(kit.ROOT / "scripts"))
     from stack import Stack
 
-    stack = Stack(kit.ROOT, name=name, http_port=http_port, mock_port=mock_port, workers=workers, threads=32,
+    stack = Stack(kit.ROOT, name=name, http_port=http_port, mock_port=mock_port, workers=workers,
                   database=True, env={**ENV, "TOLLGATE_UPSTREAM_KEY": kit.PLATFORM_KEY,
                                       "TOLLGATE_SQL_DIR": str(kit.ROOT / "sql"), **env})
     # A journal of an earlier run belongs to that run's database.
