@@ -5,7 +5,8 @@
 #
 # The store's integration tests (Tests/TollgateStoreTests) need PostgreSQL: unless
 # TOLLGATE_TEST_DATABASE_URL is already set, a private cluster (stack name "unit", port
-# TOLLGATE_TEST_PG_PORT or 55440) is started for `swift test` and removed right after it.
+# TOLLGATE_TEST_PG_PORT or 25440, below Linux's range of ephemeral ports so that no client
+# connection's leftover holds it) is started for `swift test` and removed right after it.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -35,7 +36,7 @@ if [[ -n ${TOLLGATE_TEST_DATABASE_URL:-} ]]; then
     echo "using TOLLGATE_TEST_DATABASE_URL from the environment"
     test_database_url=$TOLLGATE_TEST_DATABASE_URL
 else
-    test_database_url=$(python3 scripts/stack.py db-start --name unit --pg-port "${TOLLGATE_TEST_PG_PORT:-55440}") \
+    test_database_url=$(python3 scripts/stack.py db-start --name unit --pg-port "${TOLLGATE_TEST_PG_PORT:-25440}") \
         || failed_at "test database (scripts/stack.py db-start)"
     own_database=1
     echo "TOLLGATE_TEST_DATABASE_URL=$test_database_url"

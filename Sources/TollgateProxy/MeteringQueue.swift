@@ -2,8 +2,15 @@
     import Glibc
 #endif
 
-/// The work `MeteringThreads` share: admissions, model-list admissions and settlements waiting
-/// for a metering thread, and the count of settlements not yet recorded.
+/// The work `MeteringThreads` share, and when it goes to the store: admissions, model-list
+/// admissions and settlements waiting for a metering thread, and the settlements not yet recorded.
+///
+/// A batch costs the database a fixed price plus a little per request, so the queue keeps few
+/// batches under way and lets work gather behind them: a batch of admissions starts while no
+/// other is under way (a client waits on each admission, so never later than that), and
+/// settlements, which nobody waits on, also wait a few milliseconds for company. Under light
+/// load every admission goes alone at once; under heavy load each round trip carries many. A
+/// batch that takes longer than `overdueAfter` (a slow database) lets another start beside it.
 ///
 /// `@unchecked Sendable`: every mutable field is read and written only with `mutex` held.
 final class MeteringQueue: @unchecked Sendable {
@@ -20,33 +27,51 @@ final class MeteringQueue: @unchecked Sendable {
         case settlements([Settlement])
     }
 
+    /// When batches start.
+    struct Pacing: Sendable {
+        var largestBatch = 256
+        /// A batch under way this long no longer holds back the next one of its kind.
+        var overdueAfter = Duration.milliseconds(5)
+        /// How long a settlement may wait for others before its batch starts anyway.
+        var settlementLinger = Duration.milliseconds(5)
+    }
+
+    let pacing: Pacing
     private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
-    /// Signalled when work arrives; idle metering threads wait on it.
-    private let arrived = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
+    /// Signalled when work arrives or a batch ends; idle metering threads wait on it.
+    private let changed = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
     /// Broadcast when the last waiting settlement is recorded.
     private let drained = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
     private var admissions: [PendingAdmission] = []
     private var listings: [PendingListing] = []
     private var settlements: [Settlement] = []
+    /// When the oldest waiting settlement arrived.
+    private var settlementsSince: ContinuousClock.Instant?
+    /// Start times of the batches under way, by kind.
+    private var admissionBatches: [ContinuousClock.Instant] = []
+    private var settlementBatches: [ContinuousClock.Instant] = []
     /// Settlements handed over and not yet recorded (queued or in a batch under way).
     private var unsettled = 0
+    /// Set while someone waits for every settlement: nothing lingers then.
+    private var draining = 0
     private var idleThreads = 0
 
-    init() {
+    init(pacing: Pacing = Pacing()) {
+        self.pacing = pacing
         pthread_mutex_init(mutex, nil)
         var attributes = pthread_condattr_t()
         pthread_condattr_init(&attributes)
         pthread_condattr_setclock(&attributes, CLOCK_MONOTONIC)
-        pthread_cond_init(arrived, &attributes)
+        pthread_cond_init(changed, &attributes)
         pthread_cond_init(drained, &attributes)
         pthread_condattr_destroy(&attributes)
     }
 
     deinit {
-        pthread_cond_destroy(arrived)
+        pthread_cond_destroy(changed)
         pthread_cond_destroy(drained)
         pthread_mutex_destroy(mutex)
-        arrived.deallocate()
+        changed.deallocate()
         drained.deallocate()
         mutex.deallocate()
     }
@@ -57,63 +82,117 @@ final class MeteringQueue: @unchecked Sendable {
         case .admission(let pending): admissions.append(pending)
         case .listing(let pending): listings.append(pending)
         case .settlement(let settlement):
+            if settlements.isEmpty { settlementsSince = .now }
             settlements.append(settlement)
             unsettled += 1
         }
         let wake = idleThreads > 0
         pthread_mutex_unlock(mutex)
-        if wake { pthread_cond_signal(arrived) }
+        if wake { pthread_cond_signal(changed) }
     }
 
-    /// Blocks until there is work, then takes up to `limit` items of one kind: admissions first
-    /// unless `preferSettlements`.
-    func next(preferSettlements: Bool, limit: Int) -> Work {
+    /// Blocks until a batch may start, then takes it. The caller reports its end with `finished`.
+    func next() -> (work: Work, started: ContinuousClock.Instant) {
         pthread_mutex_lock(mutex)
         defer { pthread_mutex_unlock(mutex) }
         while true {
-            if preferSettlements, let work = takeSettlements(limit) { return work }
-            if !admissions.isEmpty {
-                let taken = Array(admissions.prefix(limit))
-                admissions.removeFirst(taken.count)
-                return .admissions(taken)
-            }
-            if !listings.isEmpty { return .listing(listings.removeFirst()) }
-            if let work = takeSettlements(limit) { return work }
+            let now = ContinuousClock.now
+            if let work = take(at: now) { return (work, now) }
             idleThreads += 1
-            pthread_cond_wait(arrived, mutex)
+            wait(until: nextChange(after: now))
             idleThreads -= 1
         }
     }
 
-    /// Counts `count` settlements of a finished batch as recorded.
-    func settled(_ count: Int) {
+    /// A batch taken by `next` at `started` has been answered; `settled` of its settlements are done.
+    func finished(_ work: Work, started: ContinuousClock.Instant) {
         pthread_mutex_lock(mutex)
-        unsettled -= count
-        let empty = unsettled == 0
+        var empty = false
+        switch work {
+        case .admissions:
+            admissionBatches.firstIndex(of: started).map { _ = admissionBatches.remove(at: $0) }
+        case .listing:
+            break
+        case .settlements(let done):
+            settlementBatches.firstIndex(of: started).map { _ = settlementBatches.remove(at: $0) }
+            unsettled -= done.count
+            empty = unsettled == 0
+        }
         pthread_mutex_unlock(mutex)
+        pthread_cond_broadcast(changed)
         if empty { pthread_cond_broadcast(drained) }
     }
 
     /// Waits until no settlement is left unrecorded, or `timeout` ran out; returns how many are.
     func waitUntilSettled(timeout: Duration) -> Int {
-        var deadline = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &deadline)
-        let (seconds, attoseconds) = timeout.components
-        let nanoseconds = Int(deadline.tv_nsec) + Int(attoseconds / 1_000_000_000)
-        deadline.tv_sec += Int(seconds) + nanoseconds / 1_000_000_000
-        deadline.tv_nsec = nanoseconds % 1_000_000_000
+        let deadline = ContinuousClock.now + timeout
         pthread_mutex_lock(mutex)
         defer { pthread_mutex_unlock(mutex) }
-        while unsettled > 0 {
-            if pthread_cond_timedwait(drained, mutex, &deadline) == ETIMEDOUT { break }
+        draining += 1
+        pthread_cond_broadcast(changed)
+        while unsettled > 0 && ContinuousClock.now < deadline {
+            var until = Self.monotonicTime(after: deadline - .now)
+            _ = pthread_cond_timedwait(drained, mutex, &until)
         }
+        draining -= 1
         return unsettled
     }
 
-    private func takeSettlements(_ limit: Int) -> Work? {
-        guard !settlements.isEmpty else { return nil }
-        let taken = Array(settlements.prefix(limit))
+    private func take(at now: ContinuousClock.Instant) -> Work? {
+        if !listings.isEmpty { return .listing(listings.removeFirst()) }
+        if !admissions.isEmpty && mayStart(admissionBatches, at: now) {
+            let taken = Array(admissions.prefix(pacing.largestBatch))
+            admissions.removeFirst(taken.count)
+            admissionBatches.append(now)
+            return .admissions(taken)
+        }
+        guard settlementsDue(at: now), mayStart(settlementBatches, at: now) else { return nil }
+        let taken = Array(settlements.prefix(pacing.largestBatch))
         settlements.removeFirst(taken.count)
+        settlementsSince = settlements.isEmpty ? nil : now
+        settlementBatches.append(now)
         return .settlements(taken)
+    }
+
+    private func settlementsDue(at now: ContinuousClock.Instant) -> Bool {
+        guard let since = settlementsSince else { return false }
+        return draining > 0 || settlements.count >= pacing.largestBatch || now - since >= pacing.settlementLinger
+    }
+
+    /// True while no batch of that kind is under way, or every one is overdue.
+    private func mayStart(_ underWay: [ContinuousClock.Instant], at now: ContinuousClock.Instant) -> Bool {
+        underWay.allSatisfy { now - $0 >= pacing.overdueAfter }
+    }
+
+    /// When waiting work may become startable without anything else happening: a lingering
+    /// settlement comes due, or a batch under way becomes overdue. Nil: only a push or an end.
+    private func nextChange(after now: ContinuousClock.Instant) -> ContinuousClock.Instant? {
+        var moments: [ContinuousClock.Instant] = []
+        if let since = settlementsSince { moments.append(since + pacing.settlementLinger) }
+        if !admissions.isEmpty, let newest = admissionBatches.max() { moments.append(newest + pacing.overdueAfter) }
+        if !settlements.isEmpty, let newest = settlementBatches.max() {
+            moments.append(newest + pacing.overdueAfter)
+        }
+        return moments.min()
+    }
+
+    private func wait(until moment: ContinuousClock.Instant?) {
+        guard let moment else {
+            pthread_cond_wait(changed, mutex)
+            return
+        }
+        var until = Self.monotonicTime(after: moment - .now)
+        _ = pthread_cond_timedwait(changed, mutex, &until)
+    }
+
+    /// CLOCK_MONOTONIC now plus `delay` (at least zero), as the conditions' deadlines want it.
+    private static func monotonicTime(after delay: Duration) -> timespec {
+        var time = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &time)
+        let (seconds, attoseconds) = max(delay, .zero).components
+        let nanoseconds = Int(time.tv_nsec) + Int(attoseconds / 1_000_000_000)
+        time.tv_sec += Int(seconds) + nanoseconds / 1_000_000_000
+        time.tv_nsec = nanoseconds % 1_000_000_000
+        return time
     }
 }

@@ -5,28 +5,25 @@ import TollgateLoop
 #endif
 
 /// Metering for an event-loop worker: admissions and settlements queue here and a few threads
-/// of its own answer them through a `BatchMetering` store, each thread taking everything that
-/// waits as one batch. Under light load a request is answered alone at once; under heavy load
-/// one database round trip serves a whole batch, so the cost per request falls as load rises.
-///
-/// Admissions go first (a client waits on each), but a thread that just served admissions
-/// looks at settlements first next time, so neither starves. Replies reach each request's
-/// event loop through its `LoopExecutor`, one hand-over per loop and batch.
+/// of its own answer them through a `BatchMetering` store, a batch per round trip. When a batch
+/// starts, and so how large batches grow with load, is the `MeteringQueue`'s pacing: under
+/// light load a request is answered alone at once; under heavy load one round trip serves many,
+/// so the database's cost per request falls as load rises. Replies reach each request's event
+/// loop through its `LoopExecutor`, one hand-over per loop and batch.
 public final class MeteringThreads: Metering {
     let store: any BatchMetering
     let queue: MeteringQueue
 
-    /// Largest batch one round trip carries.
-    static let largestBatch = 256
-
     /// Starts `threads` metering threads (at least one) on `store`.
-    public init(store: any BatchMetering, threads: Int) throws(NativeThread.StartError) {
+    public convenience init(store: any BatchMetering, threads: Int) throws(NativeThread.StartError) {
+        try self.init(store: store, threads: threads, pacing: MeteringQueue.Pacing())
+    }
+
+    init(store: any BatchMetering, threads: Int, pacing: MeteringQueue.Pacing) throws(NativeThread.StartError) {
         self.store = store
-        self.queue = MeteringQueue()
-        for index in 0..<max(1, threads) {
-            try NativeThread.start(stackSize: 512 << 10) { [store, queue] in
-                Self.serve(queue, store: store, preferSettlements: index % 2 == 1)
-            }
+        self.queue = MeteringQueue(pacing: pacing)
+        for _ in 0..<max(1, threads) {
+            try NativeThread.start(stackSize: 512 << 10) { [store, queue] in Self.serve(queue, store: store) }
         }
     }
 
@@ -50,20 +47,21 @@ public final class MeteringThreads: Metering {
         queue.waitUntilSettled(timeout: timeout)
     }
 
-    private static func serve(_ queue: MeteringQueue, store: any BatchMetering, preferSettlements: Bool) {
-        var preferSettlements = preferSettlements
+    private static func serve(_ queue: MeteringQueue, store: any BatchMetering) {
         while true {
-            switch queue.next(preferSettlements: preferSettlements, limit: largestBatch) {
+            let (work, started) = queue.next()
+            switch work {
             case .admissions(let pending):
                 let answers = store.admit(pending.map(\.request))
+                queue.finished(work, started: started)
                 reply(pending.map { ($0.executor, $0.reply) }, with: answers)
-                preferSettlements = true
             case .listing(let pending):
-                reply([(pending.executor, pending.reply)], with: [store.admitListing(from: pending.client)])
+                let answer = store.admitListing(from: pending.client)
+                queue.finished(work, started: started)
+                reply([(pending.executor, pending.reply)], with: [answer])
             case .settlements(let settlements):
                 store.settle(settlements)
-                queue.settled(settlements.count)
-                preferSettlements = false
+                queue.finished(work, started: started)
             }
         }
     }

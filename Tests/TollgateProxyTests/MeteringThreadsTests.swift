@@ -62,6 +62,12 @@ struct MeteringThreadsTests {
             estimatedInputTokens: 5, client: ProxyRequest(id: id, method: "POST", path: "/v1/chat/completions"))
     }
 
+    static let settlement = Settlement(
+        requestID: "s", ticket: AdmissionTicket(upstreamKey: "k", keySource: .platform, userID: "1"),
+        api: .chatCompletions, model: "m", stream: false, outcome: .completed, status: 200,
+        usage: Usage(inputTokens: 1, outputTokens: 1), usageIsEstimated: false, startedAtMicroseconds: 0,
+        timeToFirstByte: nil, duration: .zero)
+
     @Test("admissions that wait while the store is busy go to it as one batch, answered through their loop")
     func batchesWhatWaits() throws {
         let store = GatedStore(gatesAdmissions: true)
@@ -91,17 +97,29 @@ struct MeteringThreadsTests {
         #expect(keys.withLock { $0.count } == 6)
     }
 
+    @Test("settlements wait for company, but not when someone waits for all of them")
+    func settlementsLinger() throws {
+        var pacing = MeteringQueue.Pacing()
+        pacing.settlementLinger = .seconds(3600)
+        let store = GatedStore()
+        let metering = try MeteringThreads(store: store, threads: 1, pacing: pacing)
+        let answered = DispatchSemaphore(value: 0)
+
+        metering.settle(Self.settlement)
+        // The only thread takes the admission pushed after the settlement, and is then free.
+        metering.admit(Self.admission("probe"), replyingOn: CountingExecutor()) { _ in answered.signal() }
+        answered.wait()
+        #expect(store.settlementBatches.isEmpty, "a lone settlement waits for others")
+        #expect(metering.waitUntilSettled(timeout: .seconds(30)) == 0)
+        #expect(store.settlementBatches == [1])
+    }
+
     @Test("waitUntilSettled returns once every settlement is recorded, and counts those still waiting")
     func waitsForSettlements() throws {
         let store = GatedStore(gatesSettlements: true)
         let metering = try MeteringThreads(store: store, threads: 2)
-        let ticket = AdmissionTicket(upstreamKey: "k", keySource: .platform, userID: "1")
-        let settlement = Settlement(
-            requestID: "s", ticket: ticket, api: .chatCompletions, model: "m", stream: false, outcome: .completed,
-            status: 200, usage: Usage(inputTokens: 1, outputTokens: 1), usageIsEstimated: false,
-            startedAtMicroseconds: 0, timeToFirstByte: nil, duration: .zero)
 
-        metering.settle(settlement)
+        metering.settle(Self.settlement)
         store.entered.wait()
         #expect(metering.waitUntilSettled(timeout: .milliseconds(20)) == 1)
         store.settleGate.signal()

@@ -141,7 +141,7 @@ struct BatchSettlementTests {
         }
     }
 
-    @Test("the batch functions run as their owner with a fixed search_path and generic plans, for tollgate_worker only")
+    @Test("the batch functions run as their owner with a fixed search_path, generic plans and index scans")
     func privileges() throws {
         let connection = try TestDatabase.migrated()
         let signatures = [
@@ -156,7 +156,12 @@ struct BatchSettlementTests {
                 FROM pg_proc p WHERE p.oid = to_regprocedure($1)
                 """, parameters: [signature])
             #expect(
-                row.rows == [["t", "search_path=tollgate, pg_temp,plan_cache_mode=force_generic_plan", "t", "f"]],
+                row.rows == [
+                    [
+                        "t", "search_path=tollgate, pg_temp,plan_cache_mode=force_generic_plan,enable_seqscan=off", "t",
+                        "f",
+                    ]
+                ],
                 "\(signature)")
         }
         let helpers = [
