@@ -28,8 +28,8 @@ final class FastCGIConnection: LoopHandler {
     private var watchingWritable = false
     private(set) var closed = false
 
-    /// Output kept between writes up to this size, and given back beyond it.
-    static let retainedCapacity = 64 << 10
+    /// Output capacity kept between writes up to this size, and given back beyond it.
+    static let retainedCapacity = 16 << 10
 
     init(descriptor: Int32, owner: FastCGILoop) {
         self.descriptor = descriptor
@@ -88,7 +88,7 @@ final class FastCGIConnection: LoopHandler {
             guard response?.fastCGIRequestID == record.requestID, !responseEnded else { return }
             response?.observer?.clientDidLeave()
         case .getValues?:
-            let answer = FastCGIParameters.encode([(String(cString: FCGI_MPXS_CONNS), "0")])
+            let answer = FastCGIParameters.encode([("FCGI_MPXS_CONNS", "0")])
             answer.withUnsafeBytes { FastCGIRecord.append(.getValuesResult, requestID: 0, content: $0, to: &output) }
             _ = writePending()
         default:
@@ -160,6 +160,7 @@ final class FastCGIConnection: LoopHandler {
         let proxyRequest = request.proxyRequest(id: response.requestID)
         request.body = []
         incoming = request
+        reader.shrink()
         owner.handler.handle(proxyRequest, client: response)
     }
 

@@ -27,7 +27,8 @@ struct FastCGIRecord: Equatable {
     static let largestContent = Int(FCGI_MAX_LENGTH)
     static let version = UInt8(FCGI_VERSION_1)
 
-    /// Appends a record with `content` to `output`, with no padding (nginx needs none).
+    /// Appends a record with `content` (at most `largestContent` bytes) to `output`, with no
+    /// padding (nginx needs none).
     static func append(
         _ kind: Kind, requestID: UInt16, content: UnsafeRawBufferPointer, to output: inout [UInt8]
     ) {

@@ -7,15 +7,29 @@ struct FastCGIRecordReader {
     }
 
     private var buffer: [UInt8] = []
+    /// Buffer capacity kept once everything has been read, and given back beyond it.
+    static let retainedCapacity = 16 << 10
     /// Where the unread bytes of `buffer` start.
     private var start = 0
 
     /// Bytes received and not yet returned as records.
     var buffered: Int { buffer.count - start }
 
+    /// Bytes the buffer holds memory for.
+    var capacity: Int { buffer.capacity }
+
+    /// Gives back the buffer's memory when nothing is left in it (a request was read whole).
+    mutating func shrink() {
+        guard start == buffer.count, buffer.capacity > Self.retainedCapacity else { return }
+        buffer = []
+        start = 0
+    }
+
     mutating func append(_ bytes: UnsafeRawBufferPointer) {
         if start > 0 && start == buffer.count {
-            buffer.removeAll(keepingCapacity: buffer.capacity <= 256 << 10)
+            // A large body leaves a large buffer; an open stream keeps its connection for
+            // minutes, and must not keep that too.
+            buffer.removeAll(keepingCapacity: buffer.capacity <= Self.retainedCapacity)
             start = 0
         } else if start >= 64 << 10 {
             buffer.removeFirst(start)

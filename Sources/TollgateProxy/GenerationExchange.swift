@@ -3,45 +3,66 @@ import TollgateCore
 /// One chat or Responses request from admission to settlement, on its loop's thread: asks the
 /// metering for admission, forwards the request with the admitted key, and hands the
 /// settlement over once the client's answer is complete.
+///
+/// Keeps only what settlement needs once the upstream call has started: a stream may stay open
+/// for minutes, and its request body (often a long chat history) is not held that long.
 final class GenerationExchange {
     let handler: ProxyHandler
-    let request: ProxyRequest
+    let requestID: String
     let client: any ClientConnection
-    let inspected: InspectedRequest
-    let decision: PolicyDecision
+    let api: API
+    let model: String
+    let stream: Bool
+    let clientWantsUsage: Bool
+    /// Input tokens estimated from the request, for a settlement the upstream reports nothing for.
+    let estimatedInputTokens: Int
     /// Wall-clock start in microseconds since the Unix epoch, for the ledger.
     let startedAt: Int64
     let start: ContinuousClock.Instant
+    /// What admission is asked, until it is asked.
+    private var admission: AdmissionRequest?
+    /// The upstream call, all but its key, until admission answers.
+    private var call: UpstreamRequest?
 
     init(
         handler: ProxyHandler, request: ProxyRequest, client: any ClientConnection, inspected: InspectedRequest,
         decision: PolicyDecision, startedAt: Int64, start: ContinuousClock.Instant
     ) {
         self.handler = handler
-        self.request = request
+        self.requestID = request.id
         self.client = client
-        self.inspected = inspected
-        self.decision = decision
+        self.api = inspected.api
+        self.model = inspected.model
+        self.stream = inspected.stream
+        self.clientWantsUsage = inspected.clientWantsUsage
+        self.estimatedInputTokens = inspected.estimatedInputTokens
         self.startedAt = startedAt
         self.start = start
+        admission = AdmissionRequest(
+            requestID: request.id, api: inspected.api, model: inspected.model, stream: inspected.stream,
+            reservedTokens: Self.reservation(input: inspected.estimatedInputTokens, output: decision.outputTokens),
+            estimatedInputTokens: inspected.estimatedInputTokens, client: request)
+        call = UpstreamRequest(
+            method: "POST", path: inspected.api.upstreamPath, query: request.query, body: decision.body, apiKey: "",
+            headers: handler.forwardedHeaders(of: request, stream: inspected.stream))
     }
 
     /// Asks for admission; the rest follows from the answer. Kept alive by the pending reply.
     func begin() {
-        let admission = AdmissionRequest(
-            requestID: request.id, api: inspected.api, model: inspected.model, stream: inspected.stream,
-            reservedTokens: Self.reservation(input: inspected.estimatedInputTokens, output: decision.outputTokens),
-            estimatedInputTokens: inspected.estimatedInputTokens, client: request)
+        guard let admission else { return }
+        self.admission = nil
         handler.service.metering.admit(admission, replyingOn: handler.executor) { [self] answer in
             admitted(answer)
         }
     }
 
     private func admitted(_ admission: Admission) {
+        guard var call else { return }
+        self.call = nil
         let ticket: AdmissionTicket
         switch admission {
         case .rejected(let error):
-            handler.refuse(error, request, client)
+            handler.refuse(error, requestID: requestID, client)
             return
         case .admitted(let admitted):
             ticket = admitted
@@ -56,16 +77,14 @@ final class GenerationExchange {
             return
         }
 
-        let call = UpstreamRequest(
-            method: "POST", path: inspected.api.upstreamPath, query: request.query, body: decision.body,
-            apiKey: ticket.upstreamKey, headers: handler.forwardedHeaders(of: request, stream: inspected.stream))
+        call.apiKey = ticket.upstreamKey
         let service = handler.service
         let forwarder: any Forwarder =
-            inspected.stream
+            stream
             ? StreamForwarder(
-                client: client, api: inspected.api, clientWantsUsage: inspected.clientWantsUsage,
+                client: client, api: api, clientWantsUsage: clientWantsUsage,
                 maxResponseBytes: service.maxResponseBytes)
-            : BufferedForwarder(client: client, api: inspected.api, maxResponseBytes: service.maxResponseBytes)
+            : BufferedForwarder(client: client, api: api, maxResponseBytes: service.maxResponseBytes)
         UpstreamRelay(client: client, forwarder: forwarder).start(call, on: handler.upstream) {
             [self] result, firstByteAt in
             settle(result, ticket: ticket, firstByteAt: firstByteAt)
@@ -77,13 +96,13 @@ final class GenerationExchange {
         let estimated = result.reportedUsage == nil && result.upstreamResponded && result.outcome != .completed
         if estimated {
             usage = Usage(
-                inputTokens: inspected.estimatedInputTokens,
+                inputTokens: estimatedInputTokens,
                 outputTokens: TokenEstimator.tokens(forTextBytes: result.relayedOutputBytes))
         }
         handler.service.metering.settle(
             Settlement(
-                requestID: request.id, ticket: ticket, api: inspected.api, model: inspected.model,
-                stream: inspected.stream, outcome: result.outcome, status: result.status, usage: usage,
+                requestID: requestID, ticket: ticket, api: api, model: model,
+                stream: stream, outcome: result.outcome, status: result.status, usage: usage,
                 usageIsEstimated: estimated, startedAtMicroseconds: startedAt,
                 timeToFirstByte: firstByteAt.map { $0 - start }, duration: ContinuousClock.now - start))
     }

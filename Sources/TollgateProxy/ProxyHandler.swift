@@ -27,9 +27,11 @@ public final class ProxyHandler {
         case .models:
             forwardModelList(request, client)
         case .notFound:
-            refuse(.notFound(method: request.method, path: request.path), request, client)
+            refuse(.notFound(method: request.method, path: request.path), requestID: request.id, client)
         case .methodNotAllowed(let allowed):
-            refuse(.methodNotAllowed(method: request.method, path: request.path, allowed: allowed), request, client)
+            refuse(
+                .methodNotAllowed(method: request.method, path: request.path, allowed: allowed), requestID: request.id,
+                client)
         }
     }
 
@@ -40,13 +42,13 @@ public final class ProxyHandler {
         do {
             inspected = try RequestInspector.inspect(api: api, body: request.body)
         } catch {
-            refuse(error, request, client)
+            refuse(error, requestID: request.id, client)
             return
         }
 
         switch service.policy.apply(to: inspected) {
         case .failure(let error):
-            refuse(error, request, client)
+            refuse(error, requestID: request.id, client)
         case .success(let decision):
             let exchange = GenerationExchange(
                 handler: self, request: request, client: client, inspected: inspected, decision: decision,
@@ -59,7 +61,7 @@ public final class ProxyHandler {
         service.metering.admitListing(from: request, replyingOn: executor) { [self] admission in
             switch admission {
             case .rejected(let error):
-                refuse(error, request, client)
+                refuse(error, requestID: request.id, client)
             case .admitted(let ticket):
                 let policy = service.policy
                 let forwarder = BufferedForwarder(client: client, api: nil, maxResponseBytes: service.maxResponseBytes)
@@ -77,12 +79,12 @@ public final class ProxyHandler {
     }
 
     /// Answers with an error and ends the response.
-    func refuse(_ error: OpenAIError, _ request: ProxyRequest, _ client: any ClientConnection) {
+    func refuse(_ error: OpenAIError, requestID: String, _ client: any ClientConnection) {
         client.sendError(error)
         client.end()
         Log.info(
             "request.refused",
-            [(.requestID, request.id), (.status, String(error.status)), (.code, error.code ?? error.type)])
+            [(.requestID, requestID), (.status, String(error.status)), (.code, error.code ?? error.type)])
     }
 
     /// Client headers the upstream may see. Authorization is never among them: the upstream

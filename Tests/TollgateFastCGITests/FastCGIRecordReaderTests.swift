@@ -72,4 +72,26 @@ struct FastCGIRecordReaderTests {
         #expect(records.allSatisfy { $0.requestID == 9 })
         #expect(records.last?.content == [0, 0, 0, 0, 0, 0, 0, 0])
     }
+
+    @Test("a large body read whole leaves no large buffer behind")
+    func shrinksAfterLargeBody() throws {
+        var reader = FastCGIRecordReader()
+        var bytes: [UInt8] = []
+        for _ in 0..<4 {
+            [UInt8](repeating: 1, count: 60_000).withUnsafeBytes {
+                FastCGIRecord.append(.standardInput, requestID: 1, content: $0, to: &bytes)
+            }
+        }
+        bytes.withUnsafeBytes { reader.append($0) }
+        var records = 0
+        while try reader.next() != nil { records += 1 }
+        #expect(records == 4)
+        #expect(reader.capacity >= 240_000)
+
+        reader.shrink()
+
+        #expect(reader.capacity <= FastCGIRecordReader.retainedCapacity)
+        [UInt8]([1, 1, 0, 2, 0, 0, 0, 0]).withUnsafeBytes { reader.append($0) }
+        #expect(try reader.next() == FastCGIRecord(type: 1, requestID: 2, content: []))
+    }
 }
