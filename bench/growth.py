@@ -19,10 +19,12 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import secrets
 import shutil
 import statistics
 import subprocess
 import sys
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +39,21 @@ BENCH_KEY = "tg-benchgrowth0000000000000000000000000000"
 """The benchmark user's key in the growth databases (a fixed test value, not a secret)."""
 
 FILLER_USERS = 1000
+
+UUID7_SQL = ("set_byte(overlay(uuid_send(gen_random_uuid()) placing substring(int8send((extract(epoch FROM {at}) "
+             "* 1000)::bigint) FROM 3) FROM 1 FOR 6), 6, (get_byte(uuid_send(gen_random_uuid()), 6) & 15) | 112)")
+UUID7_SQL = f"encode({UUID7_SQL}, 'hex')::uuid"
+"""A request id as the workers make them (UUID version 7: the time in milliseconds, then random
+bits), for the rows the ledger is filled with: their order in the primary-key index is the
+order of their start, as in a real ledger."""
+
+
+def uuid7() -> str:
+    """A UUID version 7 for now, as the workers' RequestID makes it."""
+    value = (time.time_ns() // 1_000_000) << 80 | secrets.randbits(80)
+    value = (value & ~(0xF << 76)) | (0x7 << 76)
+    value = (value & ~(0x3 << 62)) | (0x2 << 62)
+    return str(uuid.UUID(int=value))
 TEMPLATE_DB = "growth_template"
 
 
@@ -210,7 +227,7 @@ class GrowthCluster:
             INSERT INTO tollgate.ledger (request_id, user_id, key_id, endpoint, model, stream, key_source, outcome,
                 http_status, input_tokens, cached_input_tokens, output_tokens, reasoning_tokens, total_tokens,
                 usage_source, started_at, ttfb_ms, duration_ms)
-            SELECT gen_random_uuid(), first.id + g % {FILLER_USERS}, NULL,
+            SELECT {UUID7_SQL.format(at="now() - make_interval(secs => g * 0.25)")}, first.id + g % {FILLER_USERS}, NULL,
                    CASE WHEN g % 5 = 0 THEN 'responses' ELSE 'chat.completions' END,
                    CASE WHEN g % 2 = 0 THEN 'gpt-4o-mini' ELSE 'gpt-4.1-nano' END, g % 3 = 0, 'platform',
                    'completed', 200, 20 + g % 400, 0, 5 + g % 700, 0, 25 + g % 400 + g % 700, 'reported',
@@ -241,7 +258,7 @@ class GrowthCluster:
         request was not admitted or a settlement did not leave its ledger row, so a figure never
         comes from calls that were refused.
         """
-        calls = [[str(uuid.uuid4()) for _ in range(batch)] for _ in range(warmup + pairs)]
+        calls = [[uuid7() for _ in range(batch)] for _ in range(warmup + pairs)]
         lines = ["SET synchronous_commit = off;", "\\timing on", "\\o /dev/null"]
         for ids in calls:
             owners = [index % users for index in range(len(ids))]

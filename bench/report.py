@@ -213,7 +213,7 @@ def _growth_rows(raw: dict) -> list[Row]:
         met = f"within 20% of empty: {_yes(growth <= 0.20)}"
         if largest < 10_000_000:
             met = f"not tested at 10M rows (largest {_rows_of(largest)}); {met}"
-        name = "tollgate.admit (reservation)" if call == "admit" else "tollgate.settle (settlement)"
+        name = "admit_batch (reservation)" if call == "admit" else "settle_batch (settlement)"
         rows.append(Row(LABELS["store"], f"{SCENARIO_LABELS['growth']}: {name}", figure, vs, met))
     return rows
 
@@ -254,12 +254,13 @@ METHOD = {
                 "hold (asyncio, raw sockets); a step holds when every stream opens, none fails and none misses "
                 "more than 2 events; meanwhile wrk sends non-stream requests (4 connections, one request every "
                 "50 ms each) to the same target for the p99; RSS = sum of the worker processes' VmRSS, peak "
-                "during the hold. Tollgate runs 2 workers with enough threads for the largest step. Stepping "
-                "stops at the first step that is not held.",
+                "during the hold. Tollgate runs 2 workers of one event loop each. Stepping stops at the first "
+                "step that is not held.",
     "growth": "a private PostgreSQL 15 cluster with the schema of sql/, 1,000 users, the ledger filled with "
-              "INSERT … SELECT generate_series (indexes rebuilt after the load); each figure: psql \\timing round "
-              "trips of tollgate.admit(...) and tollgate.settle(...) for fresh request ids over TCP 127.0.0.1, "
-              "synchronous_commit off (fsync on); sizes interleaved in every round.",
+              "INSERT … SELECT generate_series with time-ordered request ids as the workers make them (indexes "
+              "rebuilt after the load); each figure: psql \\timing round trips of the functions the workers "
+              "call, tollgate.admit_batch(...) then tollgate.settle_batch(...), each with one fresh request id, "
+              "over TCP 127.0.0.1, synchronous_commit off (fsync on); sizes interleaved in every round.",
 }
 
 

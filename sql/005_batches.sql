@@ -22,7 +22,19 @@
 
 -- Every function a worker calls here plans its statements once per session (generic plans):
 -- the batch size varies with every call, and re-planning a dozen statements for each would cost
--- more than running them.
+-- more than running them. They plan without sequential scans: they look up a handful of rows by
+-- key in tables that churn (a reservation is written and deleted for every request, a counter
+-- row rewritten by every batch), and a generic plan that believed those tables small scanned
+-- every page of dead row versions between vacuums; an index scan costs the same at any size.
+
+-- Reservations are bookkeeping of requests in flight, written and deleted only by the functions
+-- below with the user and key they have just looked up in the same transaction. Their foreign
+-- keys checked nothing those lookups had not, and cost two trigger queries per request, each
+-- share-locking the user's and the key's row: under concurrency, every admission of a user
+-- shared one lock with every other, which PostgreSQL tracks as a multixact per row. The ledger
+-- keeps its foreign keys: it is the record DBAs join against.
+ALTER TABLE tollgate.reservations DROP CONSTRAINT IF EXISTS reservations_user_id_fkey;
+ALTER TABLE tollgate.reservations DROP CONSTRAINT IF EXISTS reservations_key_id_fkey;
 
 -- pgp_sym_decrypt raises on a wrong secret; a batch must not fail for one BYOK user, so the
 -- refusal becomes NULL. STABLE like pgp_sym_decrypt (immutable), so that callers() inlines.
@@ -38,13 +50,13 @@ $$;
 
 -- Who is calling, for every request of a batch, without side effects: key_hashes[i] (bearer
 -- mode) or, when it is null, user_names[i] (header mode). Columns as authenticate() answers
--- them; each BYOK key is decrypted once per batch. Plain SQL, so that it is inlined into the
+-- them, plus when the key was last marked used; each BYOK key is decrypted once per batch. Plain SQL, so that it is inlined into the
 -- query that calls it; names are qualified because it runs with the caller's search_path.
 CREATE OR REPLACE FUNCTION tollgate.callers(key_hashes bytea[], user_names text[], secret text)
-RETURNS TABLE (ordinal integer, outcome text, user_id bigint, key_id bigint, byok_key text)
+RETURNS TABLE (ordinal integer, outcome text, user_id bigint, key_id bigint, byok_key text, key_used_at timestamptz)
 LANGUAGE sql STABLE AS $$
     WITH checked AS (
-        SELECT a.n::integer AS n, k.id AS key_id, coalesce(ku.id, nu.id) AS user_id, b.ciphertext,
+        SELECT a.n::integer AS n, k.id AS key_id, k.last_used_at, coalesce(ku.id, nu.id) AS user_id, b.ciphertext,
                CASE WHEN a.key_hash IS NOT NULL AND k.id IS NULL THEN 'unknown_key'
                     WHEN k.revoked_at IS NOT NULL THEN 'revoked_key'
                     WHEN coalesce(ku.id, nu.id) IS NULL THEN 'unknown_user'
@@ -66,7 +78,7 @@ LANGUAGE sql STABLE AS $$
                 WHEN b.plain IS NULL THEN 'byok_secret_invalid'
                 ELSE 'admitted'
            END,
-           c.user_id, c.key_id, CASE WHEN c.refusal IS NULL THEN b.plain END
+           c.user_id, c.key_id, CASE WHEN c.refusal IS NULL THEN b.plain END, c.last_used_at
     FROM checked c LEFT JOIN byok b ON b.user_id = c.user_id
 $$;
 
@@ -94,13 +106,15 @@ $$;
 CREATE OR REPLACE FUNCTION tollgate.authenticate_batch(key_hashes bytea[], user_names text[], secret text)
 RETURNS TABLE (ordinal integer, outcome text, user_id bigint, key_id bigint, byok_key text)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = tollgate, pg_temp SET plan_cache_mode = force_generic_plan
+SET enable_seqscan = off
 AS $$
 BEGIN
     IF cardinality(key_hashes) IS DISTINCT FROM cardinality(user_names) THEN
         RAISE EXCEPTION 'authenticate_batch: the arrays differ in length' USING ERRCODE = 'invalid_parameter_value';
     END IF;
     PERFORM mark_keys_used(key_hashes);
-    RETURN QUERY SELECT * FROM callers(key_hashes, user_names, authenticate_batch.secret) c ORDER BY c.ordinal;
+    RETURN QUERY SELECT c.ordinal, c.outcome, c.user_id, c.key_id, c.byok_key
+        FROM callers(key_hashes, user_names, authenticate_batch.secret) c ORDER BY c.ordinal;
 END;
 $$;
 
@@ -118,6 +132,7 @@ CREATE OR REPLACE FUNCTION tollgate.admit_batch(
 RETURNS TABLE (ordinal integer, outcome text, user_id bigint, key_id bigint, byok_key text,
                quota bigint, used bigint, reserved bigint, period_end timestamptz)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = tollgate, pg_temp SET plan_cache_mode = force_generic_plan
+SET enable_seqscan = off
 AS $$
 #variable_conflict use_column
 DECLARE
@@ -137,6 +152,12 @@ DECLARE
     useds bigint[] := array_fill(NULL::bigint, ARRAY[n]);
     reserveds bigint[] := array_fill(NULL::bigint, ARRAY[n]);
     platform boolean;
+    -- Whether a key of the batch was last marked used over a minute ago, and how many counter
+    -- rows the batch needs.
+    stale_keys boolean;
+    counter_slots integer;
+    -- Whether a counter row of the batch, or this worker's row, has to be created first.
+    missing_rows boolean;
     -- Per counter row (user, period) of the batch, locked, in (user, period) order.
     counter_users bigint[];
     counter_starts date[];
@@ -155,7 +176,6 @@ BEGIN
         RAISE EXCEPTION 'admit_batch: the arrays differ in length' USING ERRCODE = 'invalid_parameter_value';
     END IF;
 
-    PERFORM mark_keys_used(key_hashes);
     -- Each caller, and for a platform caller with a quota: the quota, its current period, and the
     -- rank of its (user, period) among those of the batch, which is its counter row's slot.
     SELECT array_agg(r.outcome ORDER BY r.ordinal), array_agg(r.user_id ORDER BY r.ordinal),
@@ -163,8 +183,14 @@ BEGIN
            array_agg(r.quota ORDER BY r.ordinal), array_agg(r.start ORDER BY r.ordinal),
            array_agg(period_end_of(r.period, r.start) ORDER BY r.ordinal),
            array_agg(CASE WHEN r.start IS NOT NULL THEN r.slot END ORDER BY r.ordinal),
-           bool_or(r.outcome = 'admitted' AND r.byok_key IS NULL)
-        INTO outcomes, users, keys, byoks, limits, starts, ends, slots, platform
+           bool_or(r.outcome = 'admitted' AND r.byok_key IS NULL),
+           bool_or(r.key_id IS NOT NULL AND (r.key_used_at IS NULL OR r.key_used_at < now() - interval '1 minute')),
+           coalesce(max(CASE WHEN r.start IS NOT NULL THEN r.slot END), 0),
+           bool_or(r.start IS NOT NULL AND NOT EXISTS (
+                       SELECT 1 FROM usage_counters c WHERE c.user_id = r.user_id AND c.period_start = r.start))
+               OR NOT EXISTS (SELECT 1 FROM workers w WHERE w.worker_id = admit_batch.worker_id)
+        INTO outcomes, users, keys, byoks, limits, starts, ends, slots, platform, stale_keys, counter_slots,
+             missing_rows
         FROM (SELECT c.*, q.tokens AS quota, q.period, s.start,
                      dense_rank() OVER (ORDER BY s.start IS NULL, c.user_id, s.start)::integer AS slot
               FROM callers(key_hashes, user_names, admit_batch.secret) c
@@ -172,8 +198,16 @@ BEGIN
               CROSS JOIN LATERAL (SELECT CASE WHEN q.user_id IS NOT NULL THEN period_start_of(q.period, now()) END
                                          AS start) s) r;
 
-    IF platform THEN
-        -- No lock is taken on an existing worker row, so batches never queue behind each other there.
+    -- Marking keys used writes (and locks) their rows: only when one is due, about once a minute
+    -- per key, and before the counter rows are locked, as the lock order wants.
+    IF stale_keys THEN
+        PERFORM mark_keys_used(key_hashes);
+    END IF;
+
+    -- Counter rows are never deleted: once seen, they exist. So the first batch of a user's
+    -- period, or of a worker, creates what is missing (taking no lock on what exists), and the
+    -- others skip this statement.
+    IF platform AND missing_rows THEN
         WITH worker AS (
             INSERT INTO workers (worker_id) VALUES (admit_batch.worker_id) ON CONFLICT DO NOTHING
         )
@@ -181,6 +215,9 @@ BEGIN
             SELECT DISTINCT r.user_id, r.start FROM unnest(users, starts) AS r(user_id, start)
             WHERE r.start IS NOT NULL ORDER BY 1, 2
             ON CONFLICT DO NOTHING;
+    END IF;
+
+    IF platform THEN
         SELECT array_agg(c.user_id ORDER BY c.user_id, c.period_start),
                array_agg(c.period_start ORDER BY c.user_id, c.period_start),
                array_agg(c.used_tokens ORDER BY c.user_id, c.period_start),
@@ -190,7 +227,7 @@ BEGIN
                   WHERE (c.user_id, c.period_start) IN (SELECT r.user_id, r.start
                                                         FROM unnest(users, starts) AS r(user_id, start))
                   ORDER BY c.user_id, c.period_start FOR NO KEY UPDATE OF c) c;
-        IF coalesce(cardinality(counter_users), 0) <> (SELECT coalesce(max(s), 0) FROM unnest(slots) AS s) THEN
+        IF coalesce(cardinality(counter_users), 0) <> counter_slots THEN
             RAISE EXCEPTION 'admit_batch: a counter row is missing' USING ERRCODE = 'internal_error';
         END IF;
     END IF;
@@ -256,6 +293,7 @@ CREATE OR REPLACE FUNCTION tollgate.settle_batch(
     ttfb_ms double precision[], duration_ms double precision[])
 RETURNS TABLE (ordinal integer, recorded boolean)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = tollgate, pg_temp SET plan_cache_mode = force_generic_plan
+SET enable_seqscan = off
 AS $$
 #variable_conflict use_column
 DECLARE
