@@ -65,7 +65,7 @@ public final class FastCGIServer: @unchecked Sendable {
             maxBodyBytes: settings.maxBodyBytes, busy: busy)
         loops.append(fastCGI)
         loop.execute { [bound = LoopBound(fastCGI)] in bound.value.startAccepting() }
-        try NativeThread.start(stackSize: 8 << 20) { [loop] in
+        try NativeThread.start(name: "tollgate-loop", stackSize: 8 << 20) { [loop] in
             let failure = loop.run()
             if failure != 0 { Log.error("loop.epoll_failed", [(.detail, String(failure))]) }
         }

@@ -1,3 +1,5 @@
+import CEventLoop
+
 #if canImport(Glibc)
     import Glibc
 #endif
@@ -9,8 +11,11 @@ public enum NativeThread {
         public let code: Int32
     }
 
-    /// Starts `body` on a new detached thread whose stack is `stackSize` bytes.
-    public static func start(stackSize: Int, _ body: @escaping @Sendable () -> Void) throws(StartError) {
+    /// Starts `body` on a new detached thread whose stack is `stackSize` bytes, named `name`
+    /// (15 bytes at most; what `top -H` and profilers show).
+    public static func start(
+        name: String, stackSize: Int, _ body: @escaping @Sendable () -> Void
+    ) throws(StartError) {
         var attributes = pthread_attr_t()
         pthread_attr_init(&attributes)
         defer { pthread_attr_destroy(&attributes) }
@@ -24,6 +29,7 @@ public enum NativeThread {
             Unmanaged<ThreadBody>.fromOpaque(context).release()
             throw StartError(code: code)
         }
+        _ = tg_thread_set_name(thread, String(name.utf8.prefix(15)) ?? "tollgate")
     }
 }
 

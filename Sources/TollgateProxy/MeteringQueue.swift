@@ -78,15 +78,25 @@ final class MeteringQueue: @unchecked Sendable {
 
     func push(_ item: Item) {
         pthread_mutex_lock(mutex)
+        let now = ContinuousClock.now
+        // Waking a thread costs as much as a small batch's worth of work on a virtual machine:
+        // wake one only when this item lets a batch start, or starts a settlement's linger.
+        var wake: Bool
         switch item {
-        case .admission(let pending): admissions.append(pending)
-        case .listing(let pending): listings.append(pending)
+        case .admission(let pending):
+            admissions.append(pending)
+            wake = mayStart(admissionBatches, at: now)
+        case .listing(let pending):
+            listings.append(pending)
+            wake = true
         case .settlement(let settlement):
-            if settlements.isEmpty { settlementsSince = .now }
+            wake = settlements.isEmpty
+            if settlements.isEmpty { settlementsSince = now }
             settlements.append(settlement)
             unsettled += 1
+            wake = wake || (settlementsDue(at: now) && mayStart(settlementBatches, at: now))
         }
-        let wake = idleThreads > 0
+        wake = wake && idleThreads > 0
         pthread_mutex_unlock(mutex)
         if wake { pthread_cond_signal(changed) }
     }
@@ -97,14 +107,18 @@ final class MeteringQueue: @unchecked Sendable {
         defer { pthread_mutex_unlock(mutex) }
         while true {
             let now = ContinuousClock.now
-            if let work = take(at: now) { return (work, now) }
+            if let work = take(at: now) {
+                // Work of the other kind may be startable too: pass the wake-up on.
+                if idleThreads > 0 && startable(at: now) { pthread_cond_signal(changed) }
+                return (work, now)
+            }
             idleThreads += 1
             wait(until: nextChange(after: now))
             idleThreads -= 1
         }
     }
 
-    /// A batch taken by `next` at `started` has been answered; `settled` of its settlements are done.
+    /// A batch taken by `next` at `started` has been answered. The caller calls `next` again soon.
     func finished(_ work: Work, started: ContinuousClock.Instant) {
         pthread_mutex_lock(mutex)
         var empty = false
@@ -119,7 +133,8 @@ final class MeteringQueue: @unchecked Sendable {
             empty = unsettled == 0
         }
         pthread_mutex_unlock(mutex)
-        pthread_cond_broadcast(changed)
+        // No wake-up: the thread that ends a batch asks `next` for the next one right after, and
+        // passes a wake-up on when more than one batch can start.
         if empty { pthread_cond_broadcast(drained) }
     }
 
@@ -152,6 +167,12 @@ final class MeteringQueue: @unchecked Sendable {
         settlementsSince = settlements.isEmpty ? nil : now
         settlementBatches.append(now)
         return .settlements(taken)
+    }
+
+    /// Whether a batch could start now (what `take` would take).
+    private func startable(at now: ContinuousClock.Instant) -> Bool {
+        !listings.isEmpty || (!admissions.isEmpty && mayStart(admissionBatches, at: now))
+            || (settlementsDue(at: now) && mayStart(settlementBatches, at: now))
     }
 
     private func settlementsDue(at now: ContinuousClock.Instant) -> Bool {

@@ -23,7 +23,9 @@ public final class MeteringThreads: Metering {
         self.store = store
         self.queue = MeteringQueue(pacing: pacing)
         for _ in 0..<max(1, threads) {
-            try NativeThread.start(stackSize: 512 << 10) { [store, queue] in Self.serve(queue, store: store) }
+            try NativeThread.start(name: "tollgate-meter", stackSize: 512 << 10) { [store, queue] in
+                Self.serve(queue, store: store)
+            }
         }
     }
 

@@ -31,7 +31,7 @@ struct RunningLoop {
 
     init() throws {
         loop = try EventLoop()
-        try NativeThread.start(stackSize: 1 << 20) { [loop, ended] in
+        try NativeThread.start(name: "test-loop", stackSize: 1 << 20) { [loop, ended] in
             _ = loop.run()
             ended.signal()
         }
