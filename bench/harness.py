@@ -227,11 +227,19 @@ def find_nginx() -> str:
 
 
 def start_nginx(processes: Processes, name: str, template: Path, prefix: Path, values: dict[str, str],
-                health_port: int, before_start: Callable[[Path], None] | None = None) -> Managed:
+                health_port: int, before_start: Callable[[Path], None] | None = None,
+                listens: list[int] | None = None) -> Managed:
     """Renders `template` into `prefix`/nginx.conf and runs nginx on it until /health answers.
 
-    `before_start(prefix)` may put files into the fresh prefix (html/) first.
+    `before_start(prefix)` may put files into the fresh prefix (html/) first. Refuses ports it
+    will listen on (`listens`, by default the health port) that something listens on already:
+    the configurations listen with `reuseport`, so a leftover nginx would otherwise share the
+    port silently and take part of the traffic.
     """
+    taken = [port for port in sorted(set(listens or [health_port])) if not port_free(port)]
+    if taken:
+        raise BenchError(f"nginx {name}: port(s) {', '.join(map(str, taken))} already in use on 127.0.0.1 "
+                         "(a leftover of an earlier run?)")
     shutil.rmtree(prefix, ignore_errors=True)
     for sub in ("logs", "temp", "html"):
         (prefix / sub).mkdir(parents=True, exist_ok=True)

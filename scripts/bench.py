@@ -171,7 +171,8 @@ class Bench:
         template = ROOT / "bench" / "upstream.conf"
         # The pre-rendered stream has to exist before nginx serves it; start_nginx makes html/.
         self.upstream = start_nginx(self.processes, "upstream-nginx", template, prefix, values,
-                                    self.ports["canned"], before_start=self._write_canned_stream)
+                                    self.ports["canned"], before_start=self._write_canned_stream,
+                                    listens=[self.ports["canned"], self.ports["paced"]])
         self.say(f"canned upstream on :{self.ports['canned']} (JSON, or {self.settings.stream_events} "
                  f"pre-rendered events), paced upstream on :{self.ports['paced']}")
 
