@@ -4,7 +4,7 @@
 set -euo pipefail
 
 packages=(
-    libfcgi-dev            # FastCGI transport of the workers
+    libfcgi-dev            # the FastCGI protocol definitions (fastcgi.h) the workers speak
     libcurl4-openssl-dev   # upstream client
     libpq-dev              # usage ledger (PostgreSQL client)
     pkg-config             # SwiftPM finds the three libraries above through it

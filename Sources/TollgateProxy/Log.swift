@@ -35,7 +35,7 @@ public enum LogLevel: Int, Sendable, Comparable {
 /// client-chosen string (a model name) cannot forge a line. Never pass a key, an
 /// Authorization header, a password or prompt text.
 public enum Log {
-    /// Set once at start-up, before any request thread exists; read-only afterwards.
+    /// Set once at start-up, before any other thread exists; read-only afterwards.
     nonisolated(unsafe) public static var minimumLevel: LogLevel = .info
 
     public static func debug(_ event: String, _ fields: [(LogKey, String)] = []) {

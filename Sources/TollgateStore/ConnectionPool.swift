@@ -2,8 +2,8 @@
     import Glibc
 #endif
 
-/// A small fixed set of connections shared by a worker's request threads, independent of how
-/// many threads there are: a thread borrows one connection for one call and gives it back.
+/// A small fixed set of connections shared by a worker's metering threads (and the journal
+/// replay): a thread borrows one connection for one call and gives it back.
 ///
 /// Connections open lazily, on first borrow, and one found broken is dropped and reopened by the
 /// next borrower, so a database restart costs no restart of Tollgate. A borrower that finds

@@ -7,7 +7,7 @@ import Synchronization
 /// An entry lives `lifetime` after the last successful authentication. A failed one (unknown,
 /// revoked, disabled, over quota) removes it at once, but the database cannot say that during
 /// an outage: a key revoked meanwhile stays usable at most `lifetime` after it last worked.
-/// Shared by the request threads; every call takes a mutex for a dictionary operation.
+/// Shared by the metering threads; every call takes a mutex for a dictionary operation.
 final class IdentityCache: Sendable {
     /// Who a caller is, as the database last said.
     struct Identity: Sendable, Equatable {

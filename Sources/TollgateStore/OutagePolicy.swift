@@ -14,7 +14,7 @@ import TollgateProxy
 /// user's counter when they reach it (sql/004). An outage ends, and the allowances start
 /// again from zero, at the database's next answer to an admission.
 ///
-/// Shared by the request threads; each call takes a mutex for a few dictionary operations.
+/// Shared by the metering threads; each call takes a mutex for a few dictionary operations.
 public final class OutagePolicy: Sendable {
     /// TOLLGATE_OUTAGE_POLICY.
     public enum Mode: String, Sendable, CaseIterable {
