@@ -1,13 +1,9 @@
 #ifndef TOLLGATE_CEVENTLOOP_SHIM_H
 #define TOLLGATE_CEVENTLOOP_SHIM_H
 
-// epoll's event struct is packed on x86_64, which Swift does not import usefully, and
-// EPOLLRDHUP, EPOLLEXCLUSIVE and pthread_setname_np need _GNU_SOURCE: these wrappers are how
-// the event loop and its threads use them.
+// epoll's event struct is packed on x86_64, which Swift does not import usefully: these
+// wrappers are how the event loop uses epoll, and how its threads get their names.
 
-#ifndef _GNU_SOURCE
-#define _GNU_SOURCE
-#endif
 #include <pthread.h>
 #include <stdint.h>
 #include <sys/epoll.h>
@@ -56,6 +52,10 @@ static inline int tg_loop_eventfd(void) {
 static inline int tg_loop_accept(int listener) {
     return accept4(listener, 0, 0, SOCK_NONBLOCK | SOCK_CLOEXEC);
 }
+
+// glibc declares it only under _GNU_SOURCE, which must not be defined here: this module would then
+// see the system headers differently from Swift's Glibc module, and the two would not build together.
+extern int pthread_setname_np(pthread_t thread, const char *_Nonnull name);
 
 /// Names a thread (at most 15 bytes), for `top -H` and profilers; 0 or an errno.
 static inline int tg_thread_set_name(pthread_t thread, const char *_Nonnull name) {
