@@ -24,10 +24,10 @@ struct BufferedResponse {
         return true
     }
 
-    /// Queues the response for the client (it goes out when the response ends). A 2xx body that is not JSON becomes a 502, and a
-    /// non-2xx body that is not JSON is replaced by an OpenAI-shaped error with the same
-    /// status, so SDKs always find `error.message`. Returns the status sent and the parsed
-    /// body (nil when it was not JSON).
+    /// Queues the response for the client (it goes out when the response ends). A 2xx body that
+    /// is not JSON becomes a 502, and a non-2xx body that is not JSON is replaced by an
+    /// OpenAI-shaped error with the same status, so SDKs always find `error.message`. Returns
+    /// the status sent and the parsed body (nil when it was not JSON).
     func deliver(
         to client: any ClientConnection, rewrite: (JSONValue) -> JSONValue? = { _ in nil }
     ) -> (status: Int, json: JSONValue?) {

@@ -151,7 +151,8 @@ struct BatchSettlementTests {
         for signature in signatures {
             let row = try connection.execute(
                 """
-                SELECT p.prosecdef, array_to_string(p.proconfig, ','), has_function_privilege('tollgate_worker', p.oid, 'EXECUTE'),
+                SELECT p.prosecdef, array_to_string(p.proconfig, ','),
+                       has_function_privilege('tollgate_worker', p.oid, 'EXECUTE'),
                        has_function_privilege('public', p.oid, 'EXECUTE')
                 FROM pg_proc p WHERE p.oid = to_regprocedure($1)
                 """, parameters: [signature])
