@@ -166,6 +166,13 @@ DECLARE
     hold bigint;
     slot integer;
 BEGIN
+    -- A client waits on every admission: its commit does not wait for the WAL to reach disk.
+    -- Should PostgreSQL crash before it does, the reservation and its counter change are lost
+    -- together, consistently; the request's settlement, always committed synchronously, then
+    -- finds no reservation and counts the usage by itself (sql/004). Lasts to the end of the
+    -- caller's transaction: call this in a transaction of its own, as the workers do.
+    -- Limitation: until those requests settle, their tokens are not held against the quota.
+    SET LOCAL synchronous_commit = off;
     IF n = 0 THEN
         RETURN;
     END IF;

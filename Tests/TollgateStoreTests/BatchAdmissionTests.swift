@@ -184,4 +184,34 @@ struct BatchAdmissionTests {
         #expect(answers[3].error == .meteringUnavailable())
         #expect(down.outage.held(by: try #require(before.userID)) == 600)
     }
+
+    @Test("an admission commits without waiting for the disk; a settlement waits for it")
+    func commitDurability() throws {
+        let connection = try TestDatabase.migrated()
+        let (user, key) = try TestDatabase.userWithKey(connection, quota: 1000)
+        let hash = APIKey.byteaLiteral(APIKey.hash(key))
+        let found = try TestDatabase.scalar(connection, "SELECT id FROM tollgate.users WHERE name = $1", [user])
+        let userID = try #require(found)
+        let admit = """
+            SELECT count(*) FROM tollgate.admit_batch(ARRAY[gen_random_uuid()], ARRAY['\(hash)'::bytea],
+                ARRAY[NULL::text], ARRAY[10::bigint], ARRAY[5::bigint], ARRAY['chat.completions'], ARRAY['m'],
+                ARRAY[false], 'durability-test', NULL)
+            """
+        let settle = """
+            SELECT count(*) FILTER (WHERE recorded) FROM tollgate.settle_batch(ARRAY[gen_random_uuid()],
+                ARRAY[\(userID)::bigint], ARRAY[NULL::bigint], ARRAY['chat.completions'], ARRAY['m'], ARRAY[false],
+                ARRAY['platform'], ARRAY['completed'], ARRAY[200], ARRAY[1::bigint], ARRAY[0::bigint],
+                ARRAY[1::bigint], ARRAY[0::bigint], ARRAY[2::bigint], ARRAY['reported'], ARRAY[now()],
+                ARRAY[NULL::float8], ARRAY[1::float8])
+            """
+        for (call, expected) in [(admit, "off"), (settle, "on")] {
+            let (done, setting) = try connection.transaction { () throws(StoreError) -> (String?, String?) in
+                _ = try connection.execute("SET LOCAL synchronous_commit = on")
+                let done = try connection.execute(call).scalar
+                return (done, try connection.execute("SELECT current_setting('synchronous_commit')").scalar)
+            }
+            #expect(done == "1", "the call did its work")
+            #expect(setting == expected)
+        }
+    }
 }
