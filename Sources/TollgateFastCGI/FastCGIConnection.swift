@@ -106,10 +106,8 @@ final class FastCGIConnection: LoopHandler {
         guard isIdle, body.count >= 8 else { return protocolError() }
         let role = Int32(body[0]) << 8 | Int32(body[1])
         guard role == FCGI_RESPONDER else {
-            let end: [UInt8] = [0, 0, 0, 0, UInt8(FCGI_UNKNOWN_ROLE), 0, 0, 0]
-            end.withUnsafeBytes {
-                FastCGIRecord.append(.endRequest, requestID: record.requestID, content: $0, to: &output)
-            }
+            FastCGIRecord.appendEndRequest(
+                requestID: record.requestID, protocolStatus: UInt8(FCGI_UNKNOWN_ROLE), to: &output)
             _ = writePending()
             return
         }

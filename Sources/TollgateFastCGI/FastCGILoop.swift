@@ -24,10 +24,7 @@ final class FastCGILoop: LoopHandler {
     var requestIDs = RequestID()
     private var connections: [Int32: FastCGIConnection] = [:]
     private(set) var accepting = false
-    /// Set when the worker stops: connections close as soon as they are idle, instead of
-    /// waiting for nginx to retire them.
-    private(set) var closesIdleConnections = false
-    /// Set when the worker retires: a connection closes right after its next answer.
+    /// Set once the worker stops accepting: a connection closes right after its next answer.
     private(set) var retiring = false
     private lazy var retryTimer = LoopTimer { [unowned self] in startAccepting() }
 
@@ -63,7 +60,6 @@ final class FastCGILoop: LoopHandler {
         accepting = false
         retiring = true
         guard closingIdle else { return }
-        closesIdleConnections = true
         for connection in connections.values where connection.isIdle { connection.close() }
     }
 

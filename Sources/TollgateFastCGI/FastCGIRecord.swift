@@ -55,12 +55,16 @@ struct FastCGIRecord: Equatable {
     }
 
     /// Appends the end of a response: an empty standard-output record closes the stream, and
-    /// END_REQUEST with application status 0 and `protocolStatus` completes the request.
-    static func appendEnd(
-        requestID: UInt16, protocolStatus: UInt8 = UInt8(FCGI_REQUEST_COMPLETE), to output: inout [UInt8]
-    ) {
+    /// END_REQUEST completes the request.
+    static func appendEnd(requestID: UInt16, to output: inout [UInt8]) {
         let nothing: [UInt8] = []
         nothing.withUnsafeBytes { append(.standardOutput, requestID: requestID, content: $0, to: &output) }
+        appendEndRequest(requestID: requestID, protocolStatus: UInt8(FCGI_REQUEST_COMPLETE), to: &output)
+    }
+
+    /// Appends END_REQUEST alone, with application status 0 and `protocolStatus` (a request
+    /// refused outright, for an unknown role, gets no output stream).
+    static func appendEndRequest(requestID: UInt16, protocolStatus: UInt8, to output: inout [UInt8]) {
         let body: [UInt8] = [0, 0, 0, 0, protocolStatus, 0, 0, 0]
         body.withUnsafeBytes { append(.endRequest, requestID: requestID, content: $0, to: &output) }
     }

@@ -19,7 +19,7 @@ public struct RequestID {
 
     /// A new id, e.g. `0193a1c4-5e2f-7a3b-9c4d-5e6f708192a3`.
     public mutating func next() -> String {
-        var bytes = (0..<16).map { _ in UInt8(0) }
+        var bytes = [UInt8](repeating: 0, count: 16)
         let milliseconds = UInt64(WallClock.nowMicroseconds() / 1000)
         for index in 0..<6 {
             bytes[index] = UInt8(truncatingIfNeeded: milliseconds >> (40 - index * 8))

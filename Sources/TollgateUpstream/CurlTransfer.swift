@@ -21,9 +21,8 @@ final class CurlTransfer {
     /// Size of libcurl's receive buffer for one call.
     static let receiveBufferBytes = 4096
 
-    init(handler: any UpstreamResponseHandler, easy: UnsafeMutableRawPointer? = nil) {
+    init(handler: any UpstreamResponseHandler) {
         self.handler = handler
-        self.easy = easy
     }
 
     /// One header line, CRLF included. Returns false to abort the transfer.
