@@ -3,7 +3,7 @@
 A private PostgreSQL cluster (started and removed by the benchmark) holds one database per
 ledger size, all made from one template with the schema of sql/*.sql, 1,000 users and the
 benchmark user with a key and a quota big enough never to run out. Each measurement is a psql
-session calling the functions workers call, `tollgate.admit_batch(...)` then
+session calling the functions workers call, `tollgate.admit_batch_fast(...)` then
 `tollgate.settle_batch(...)`, each with a batch of one fresh request id, `\\timing` giving each
 call's round trip; the sizes are interleaved within every round.
 
@@ -75,13 +75,13 @@ def sql_files(root: Path) -> list[Path]:
 
 
 def growth_support(root: Path) -> str | None:
-    """None when the schema has admit_batch() and settle_batch(); otherwise why growth cannot run."""
+    """None when the schema has admit_batch_fast() and settle_batch(); otherwise why growth cannot run."""
     files = sql_files(root)
     if not files:
         return "no sql/ migrations in this tree"
     text = "".join(path.read_text(errors="replace") for path in files)
-    if "tollgate.admit_batch(" not in text or "tollgate.settle_batch(" not in text:
-        return "sql/ defines no tollgate.admit_batch / tollgate.settle_batch yet"
+    if "tollgate.admit_batch_fast(" not in text or "tollgate.settle_batch(" not in text:
+        return "sql/ defines no tollgate.admit_batch_fast / tollgate.settle_batch yet"
     if not shutil.which("psql"):
         return "psql not found (install postgresql-client)"
     return None
@@ -279,11 +279,11 @@ class GrowthCluster:
         return Timings(admit_ms=timed[0::2], settle_ms=timed[1::2])
 
     def _admit_batch_sql(self, ids: list[str], owners: list[int]) -> str:
-        """One admit_batch call: 16,400 tokens reserved per request (20 estimated input)."""
+        """One admit_batch_fast call: 16,400 tokens reserved per request (20 estimated input)."""
         count = len(ids)
         uuids = ",".join(f"'{request_id}'" for request_id in ids)
         hashes = ",".join(f"'\\x{self.key_hashes[owner]}'::bytea" for owner in owners)
-        return (f"SELECT count(*) FILTER (WHERE outcome = 'admitted') FROM tollgate.admit_batch("
+        return (f"SELECT count(*) FILTER (WHERE outcome = 'admitted') FROM tollgate.admit_batch_fast("
                 f"ARRAY[{uuids}]::uuid[], ARRAY[{hashes}], array_fill(NULL::text, ARRAY[{count}]), "
                 f"array_fill(16400::bigint, ARRAY[{count}]), array_fill(20::bigint, ARRAY[{count}]), "
                 f"array_fill('chat.completions'::text, ARRAY[{count}]), "

@@ -213,7 +213,7 @@ def _growth_rows(raw: dict) -> list[Row]:
         met = f"within 20% of empty: {_yes(growth <= 0.20)}"
         if largest < 10_000_000:
             met = f"not tested at 10M rows (largest {_rows_of(largest)}); {met}"
-        name = "admit_batch (reservation)" if call == "admit" else "settle_batch (settlement)"
+        name = "admit_batch_fast (reservation)" if call == "admit" else "settle_batch (settlement)"
         rows.append(Row(LABELS["store"], f"{SCENARIO_LABELS['growth']}: {name}", figure, vs, met))
     return rows
 
@@ -259,7 +259,7 @@ METHOD = {
     "growth": "a private PostgreSQL 15 cluster with the schema of sql/, 1,000 users, the ledger filled with "
               "INSERT … SELECT generate_series with time-ordered request ids as the workers make them (indexes "
               "rebuilt after the load); each figure: psql \\timing round trips of the functions the workers "
-              "call, tollgate.admit_batch(...) then tollgate.settle_batch(...), each with one fresh request id, "
+              "call, tollgate.admit_batch_fast(...) then tollgate.settle_batch(...), each with one fresh request id, "
               "over TCP 127.0.0.1, synchronous_commit off (fsync on); sizes interleaved in every round.",
 }
 

@@ -1,4 +1,4 @@
-/// One row of `tollgate.admit_batch` or `tollgate.authenticate_batch`, read from its text columns.
+/// One row of `tollgate.admit_batch_fast` or `tollgate.authenticate_batch`, read from its text columns.
 struct AdmissionAnswer: Sendable {
     var outcome: AdmissionOutcome
     var userID: String?

@@ -4,7 +4,7 @@ import TollgateProxy
 /// Admission: who may call, with which upstream key, and what each request may reserve.
 extension PostgresMetering {
     /// Decides each request as `admit(_ request:)` would, in one round trip to
-    /// `tollgate.admit_batch` for every request whose caller could be identified; a request
+    /// `tollgate.admit_batch_fast` for every request whose caller could be identified; a request
     /// without a usable credential is rejected at once, without the database. Requests of one
     /// user are decided in batch order, each seeing what the admitted ones before it reserved (a
     /// refused one holds nothing). Answers line up with `requests`. Blocks for the round trip.

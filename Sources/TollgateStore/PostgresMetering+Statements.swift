@@ -5,7 +5,7 @@ import TollgateProxy
 /// takes a batch as parallel arrays, one array literal per column (see `PostgresArray`).
 extension PostgresMetering {
     static let admitBatchSignature =
-        "tollgate.admit_batch(uuid[], bytea[], text[], bigint[], bigint[], text[], text[], boolean[], text, text)"
+        "tollgate.admit_batch_fast(uuid[], bytea[], text[], bigint[], bigint[], text[], text[], boolean[], text, text)"
     static let settleBatchSignature =
         "tollgate.settle_batch(uuid[], bigint[], bigint[], text[], text[], boolean[], text[], text[], integer[], "
         + "bigint[], bigint[], bigint[], bigint[], bigint[], text[], timestamptz[], double precision[], "
@@ -15,8 +15,8 @@ extension PostgresMetering {
     static let admitBatchSQL = """
         SELECT ordinal, outcome, user_id, key_id, byok_key, quota, used, reserved,
                to_char(period_end AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"') AS resets_at
-        FROM tollgate.admit_batch($1::uuid[], $2::bytea[], $3::text[], $4::bigint[], $5::bigint[], $6::text[],
-                                  $7::text[], $8::boolean[], $9::text, $10::text)
+        FROM tollgate.admit_batch_fast($1::uuid[], $2::bytea[], $3::text[], $4::bigint[], $5::bigint[], $6::text[],
+                                       $7::text[], $8::boolean[], $9::text, $10::text)
         ORDER BY ordinal
         """
 
@@ -44,7 +44,7 @@ extension PostgresMetering {
         PostgresArray.columns(batch.map(admissionRow)) + [settings.workerID, settings.secret]
     }
 
-    /// One request's values for `admit_batch`, in the order of its array parameters.
+    /// One request's values for `admit_batch_fast`, in the order of its array parameters.
     func admissionRow(_ request: AdmissionRequest, _ caller: Caller) -> [String?] {
         let (keyHash, userName) = caller.parameters
         return [

@@ -5,7 +5,7 @@ import TollgateProxy
 /// quota, and leaves exactly one row in the usage ledger.
 ///
 /// Admissions and settlements go in batches, one round trip and one transaction per batch
-/// (`tollgate.admit_batch`, `tollgate.settle_batch`, see sql/005_batches.sql), on a connection
+/// (`tollgate.admit_batch_fast`, `tollgate.settle_batch`, see sql/005 and sql/006), on a connection
 /// borrowed from a small pool; every call blocks its thread for that round trip, so the worker's
 /// metering threads make them, not its event loop. A batch of one serves the single calls.
 /// Shared by all threads of a worker.

@@ -11,16 +11,6 @@ import TollgateProxy
 struct BatchAdmissionTests {
     static let secret = "batch-test-secret"
 
-    /// Reservations of `user`, as "tokens/period_start or -" in order of tokens.
-    private func reservations(_ connection: PostgresConnection, user: String) throws -> [String] {
-        try connection.execute(
-            """
-            SELECT r.tokens || '/' || coalesce(r.period_start::text, '-') FROM tollgate.reservations r
-            JOIN tollgate.users u ON u.id = r.user_id WHERE u.name = $1 ORDER BY r.tokens
-            """, parameters: [user]
-        ).rows.map { $0.first.flatMap { $0 } ?? "" }
-    }
-
     @Test("one batch mixing users, refusals, BYOK, no quota and a quota that fits a prefix: each answer right")
     func mixedBatch() throws {
         let connection = try TestDatabase.migrated()
@@ -63,9 +53,10 @@ struct BatchAdmissionTests {
 
         #expect(try TestDatabase.counters(connection, user: limited) == (used: 0, reserved: 900))
         #expect(try TestDatabase.counters(connection, user: own) == (used: 0, reserved: 0))
-        #expect(try reservations(connection, user: limited).map { $0.prefix(4) } == ["100/", "400/", "400/"])
-        #expect(try reservations(connection, user: unlimited) == ["0/-"])
-        #expect(try reservations(connection, user: own).isEmpty)
+        #expect(
+            try TestDatabase.reservations(connection, user: limited).map { $0.prefix(4) } == ["100/", "400/", "400/"])
+        #expect(try TestDatabase.reservations(connection, user: unlimited) == ["0/-"])
+        #expect(try TestDatabase.reservations(connection, user: own).isEmpty)
         #expect(
             try TestDatabase.scalar(
                 connection, "SELECT count(*) FROM tollgate.workers WHERE worker_id = $1", [metering.settings.workerID])

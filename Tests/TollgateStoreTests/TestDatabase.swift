@@ -78,6 +78,16 @@ enum TestDatabase {
             [PostgresArray.literal(settlements.map(\.requestID))])
     }
 
+    /// Reservations of `user`, as "tokens/period_start or -" in order of tokens.
+    static func reservations(_ connection: PostgresConnection, user: String) throws -> [String] {
+        try connection.execute(
+            """
+            SELECT r.tokens || '/' || coalesce(r.period_start::text, '-') FROM tollgate.reservations r
+            JOIN tollgate.users u ON u.id = r.user_id WHERE u.name = $1 ORDER BY r.tokens
+            """, parameters: [user]
+        ).rows.map { $0.first.flatMap { $0 } ?? "" }
+    }
+
     /// used_tokens and reserved_tokens of a user's current counter (0, 0 when there is none).
     static func counters(_ connection: PostgresConnection, user: String) throws -> (used: Int, reserved: Int) {
         let result = try connection.execute(
