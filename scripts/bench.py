@@ -194,8 +194,10 @@ class Bench:
     def upstream_url(self, paced: bool = False) -> str:
         return f"http://127.0.0.1:{self.ports['paced' if paced else 'canned']}/v1"
 
-    def start_tollgate(self, key: str, name: str, port: int, workers: int, paced: bool = False) -> Target:
-        """A Tollgate stack (metering off, or on when key == "on") as a target.
+    def start_tollgate(self, key: str, name: str, port: int, workers: int, paced: bool = False,
+                       threads: int | None = None) -> Target:
+        """A Tollgate stack (metering off, or on when key == "on") as a target: `workers` processes
+        of `threads` event loops each (the worker's default, one, when None).
 
         A target that cannot run gets `na` (why) instead of a URL; the benchmark goes on without it.
         """
@@ -205,11 +207,11 @@ class Bench:
             return target
         env = {"TOLLGATE_GRACE": "2", "TOLLGATE_UPSTREAM_KEY": "sk-bench-canned-upstream"}
         options: dict = {"name": name, "http_port": port, "mock_port": None, "workers": workers,
-                         "upstream_url": self.upstream_url(paced), "env": env}
+                         "threads": threads, "upstream_url": self.upstream_url(paced), "env": env}
         if key == "on":
             options.update(database=True, pg_port=port + 100)
         stack = Stack(ROOT, **options)
-        self.say(f"starting {name}: {workers} worker(s) on :{port}"
+        self.say(f"starting {name}: {workers} worker(s)" + (f" of {threads} loops" if threads else "") + f" on :{port}"
                  + (" with PostgreSQL" if key == "on" else ""))
         self.stacks.append(stack)
         try:
@@ -342,17 +344,14 @@ class Bench:
                                                               if figure["failures"] else ""))
 
     def run_scaling(self, floor: Target, main: dict[str, Target]) -> None:
-        """Requests/s at 64 connections with 1, 2 and 4 workers; the 2-worker stacks are the main ones."""
+        """Requests/s at 64 connections with 1, 2 and 4 worker processes of one event loop each."""
         base = self.settings.port_base + 20
         targets: list[tuple[str, int, Target]] = []
         for workers in (1, 2, 4):
             for key in ("off", "on"):
-                if workers == 2:
-                    target = replace(main[key], key=f"{key}@2")
-                else:
-                    port = base + (0 if key == "off" else 2) + (0 if workers == 1 else 4)
-                    target = replace(self.start_tollgate(key, f"bench-{key}-w{workers}", port, workers),
-                                     key=f"{key}@{workers}")
+                port = base + (0 if key == "off" else 2) + 4 * (workers // 2)
+                target = replace(self.start_tollgate(key, f"bench-{key}-w{workers}", port, workers),
+                                 key=f"{key}@{workers}")
                 targets.append((workers, target))
         checked = self.usable("scaling", [floor] + [t for _, t in targets], stream=False)
         for target in checked:
@@ -367,9 +366,8 @@ class Bench:
                 self.record("scaling", target.key, {**result.as_dict(), "workers": workers})
                 self.say(f"scaling round {round_index + 1}/{self.settings.rounds} {target.label}"
                          + (f", {workers} worker(s)" if workers else "") + f": {result.rps:,.0f} req/s")
-        for workers, target in targets:
-            if workers != 2:
-                self.stop_stack(target)
+        for _, target in targets:
+            self.stop_stack(target)
 
     def run_capacity(self) -> None:
         """For each target in turn: step up the number of held streams until a step fails."""
@@ -542,8 +540,11 @@ class Bench:
     def run_main_group(self, scenarios: list[str]) -> None:
         floor = self.floor_target()
         port = self.settings.port_base + 10
-        main = {"off": self.start_tollgate("off", "bench-off", port, 2),
-                "on": self.start_tollgate("on", "bench-on", port + 1, 2)}
+        # One worker process with an event loop per core: its loops share one metering queue, so
+        # each round trip to PostgreSQL carries the admissions of both (see the README).
+        loops = os.cpu_count() or 2
+        main = {"off": self.start_tollgate("off", "bench-off", port, 1, threads=loops),
+                "on": self.start_tollgate("on", "bench-on", port + 1, 1, threads=loops)}
         peers = [self.start_litellm()] if "litellm" in self.settings.peers else []
         if "nonstream64" in scenarios:
             self.run_wrk_scenario("nonstream64", [floor, main["off"], main["on"]] + peers, 64)
