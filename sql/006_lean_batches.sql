@@ -11,10 +11,13 @@
 -- else (a key to mark, a first batch of a period or of a worker, a user at the edge of their
 -- quota) goes to 005's admit_batch, which decides request by request; admit() still calls it.
 -- The statement takes no lock before it knows that no key needs marking, so the lock order
--- holds on either path: keys, then counter rows in (user, period) order, then reservations.
+-- holds on either path: keys, then counter rows in (user, period) order, then reservations. A
+-- batch of one, which is what a client of a lightly loaded worker waits on, takes a few
+-- single-row statements instead, whose plans cost far less to start.
 --
 -- settle_batch does 005's work in three statements instead of five, with one sort per array
--- instead of one per ordered aggregate, and answers with one query instead of a loop.
+-- instead of one per ordered aggregate, and answers with one query instead of a loop; a batch
+-- of one whose request holds a reservation takes three single-row statements.
 
 CREATE OR REPLACE FUNCTION tollgate.admit_batch_fast(
     request_ids uuid[], key_hashes bytea[], user_names text[], reserves bigint[], estimated_inputs bigint[],
@@ -28,6 +31,16 @@ AS $$
 DECLARE
     n integer := coalesce(cardinality(request_ids), 0);
     answered integer;
+    -- A batch of one: the caller, and their counter after the reservation.
+    caller_key bigint;
+    caller_user bigint;
+    caller_usable boolean;
+    caller_quota bigint;
+    caller_period text;
+    caller_start date;
+    caller_hold bigint;
+    counter_used bigint;
+    counter_reserved bigint;
 BEGIN
     -- As in admit_batch (005): the commit does not wait for the disk.
     SET LOCAL synchronous_commit = off;
@@ -39,6 +52,50 @@ BEGIN
        OR cardinality(endpoints) IS DISTINCT FROM n OR cardinality(models) IS DISTINCT FROM n
        OR cardinality(streams) IS DISTINCT FROM n THEN
         RAISE EXCEPTION 'admit_batch_fast: the arrays differ in length' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+
+    -- A batch of one, what a lightly loaded worker sends and its client waits on: a few
+    -- single-row statements, whose plans cost little to start. The usual case only (a platform
+    -- caller whose key was marked used within the minute, on a known worker, fitting in their
+    -- quota); anything else is decided by admit_batch.
+    IF n = 1 THEN
+        SELECT k.id, u.id, q.tokens, q.period,
+               u.disabled_at IS NULL AND (k.id IS NULL OR k.revoked_at IS NULL)
+               AND (k.id IS NULL OR k.last_used_at >= now() - interval '1 minute')
+               AND NOT EXISTS (SELECT 1 FROM byok_keys b WHERE b.user_id = u.id)
+               AND EXISTS (SELECT 1 FROM workers w WHERE w.worker_id = admit_batch_fast.worker_id)
+            INTO caller_key, caller_user, caller_quota, caller_period, caller_usable
+            FROM users u
+            LEFT JOIN api_keys k ON k.key_hash = key_hashes[1] AND k.user_id = u.id
+            LEFT JOIN quotas q ON q.user_id = u.id
+            WHERE CASE WHEN key_hashes[1] IS NULL THEN u.name = user_names[1]
+                       ELSE u.id = (SELECT l.user_id FROM api_keys l WHERE l.key_hash = key_hashes[1]) END;
+        IF caller_usable THEN
+            caller_hold := greatest(coalesce(reserves[1], 0), 0);
+            IF caller_quota IS NOT NULL THEN
+                caller_start := period_start_of(caller_period, now());
+                -- No row: no counter yet, or the request does not fit; admit_batch decides.
+                UPDATE usage_counters c SET reserved_tokens = c.reserved_tokens + caller_hold
+                    WHERE c.user_id = caller_user AND c.period_start = caller_start
+                      AND c.used_tokens + c.reserved_tokens + caller_hold <= caller_quota
+                    RETURNING c.used_tokens, c.reserved_tokens INTO counter_used, counter_reserved;
+            END IF;
+            IF caller_quota IS NULL OR counter_used IS NOT NULL THEN
+                INSERT INTO reservations (request_id, user_id, key_id, tokens, period_start, worker_id,
+                                          endpoint, model, stream, estimated_input_tokens)
+                VALUES (request_ids[1], caller_user, caller_key,
+                        CASE WHEN caller_quota IS NOT NULL THEN caller_hold ELSE 0 END, caller_start,
+                        admit_batch_fast.worker_id, endpoints[1], models[1], streams[1],
+                        greatest(coalesce(estimated_inputs[1], 0), 0));
+                RETURN QUERY SELECT 1, 'admitted'::text, caller_user, caller_key, NULL::text, caller_quota,
+                                    counter_used, counter_reserved, period_end_of(caller_period, caller_start);
+                RETURN;
+            END IF;
+        END IF;
+        RETURN QUERY SELECT * FROM admit_batch(request_ids, key_hashes, user_names, reserves, estimated_inputs,
+                                               endpoints, models, streams, admit_batch_fast.worker_id,
+                                               admit_batch_fast.secret);
+        RETURN;
     END IF;
 
     -- All or nothing: either every request is answered here, or nothing is written or locked but
@@ -134,6 +191,11 @@ DECLARE
     counter_released bigint[];
     counter_used bigint[];
     counter_create boolean[];
+    -- A batch of one whose request holds a reservation: what it held, and whether it is new.
+    held_user bigint;
+    held_tokens bigint;
+    held_start date;
+    added integer;
 BEGIN
     IF n = 0 THEN
         RETURN;
@@ -148,6 +210,33 @@ BEGIN
        OR cardinality(started_ats) IS DISTINCT FROM n OR cardinality(settle_batch.ttfb_ms) IS DISTINCT FROM n
        OR cardinality(settle_batch.duration_ms) IS DISTINCT FROM n THEN
         RAISE EXCEPTION 'settle_batch: the arrays differ in length' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+
+    -- A batch of one whose request holds a reservation (the usual case under light load): single-
+    -- row statements, in the same order (the reservation, its ledger row, its counter). Without
+    -- a reservation nothing has been written yet, and the statements below handle it.
+    IF n = 1 THEN
+        DELETE FROM reservations r WHERE r.request_id = request_ids[1]
+            RETURNING r.user_id, r.tokens, r.period_start INTO held_user, held_tokens, held_start;
+        IF FOUND THEN
+            INSERT INTO ledger (request_id, user_id, key_id, endpoint, model, stream, key_source, outcome,
+                                http_status, input_tokens, cached_input_tokens, output_tokens, reasoning_tokens,
+                                total_tokens, usage_source, started_at, ttfb_ms, duration_ms)
+            VALUES (request_ids[1], user_ids[1], key_ids[1], endpoints[1], models[1], streams[1], key_sources[1],
+                    outcomes[1], http_statuses[1], greatest(inputs[1], 0), greatest(settle_batch.cached[1], 0),
+                    greatest(outputs[1], 0), greatest(settle_batch.reasoning[1], 0), greatest(totals[1], 0),
+                    usage_sources[1], started_ats[1], settle_batch.ttfb_ms[1], greatest(settle_batch.duration_ms[1], 0))
+            ON CONFLICT (request_id) DO NOTHING;
+            GET DIAGNOSTICS added = ROW_COUNT;
+            IF held_start IS NOT NULL THEN
+                UPDATE usage_counters c
+                    SET reserved_tokens = greatest(c.reserved_tokens - held_tokens, 0),
+                        used_tokens = c.used_tokens + CASE WHEN added > 0 THEN greatest(totals[1], 0) ELSE 0 END
+                    WHERE c.user_id = held_user AND c.period_start = held_start;
+            END IF;
+            RETURN QUERY SELECT 1, added > 0;
+            RETURN;
+        END IF;
     END IF;
 
     -- Reservations are locked first, in request-id order as release_worker locks them, so that a

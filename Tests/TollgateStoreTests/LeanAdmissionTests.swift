@@ -3,8 +3,8 @@ import TollgateCore
 
 @testable import TollgateStore
 
-/// tollgate.admit_batch_fast answers a usual batch in one statement and leaves the rest to
-/// tollgate.admit_batch (sql/006). Two users set up alike get the same batch, one through
+/// tollgate.admit_batch_fast answers a usual batch in one statement (a batch of one in a few
+/// single-row ones) and leaves the rest to tollgate.admit_batch (sql/006). Two users set up alike get the same batch, one through
 /// each function: the answers and what is left in the database must be the same.
 @Suite(
     "Admission batches on the one-statement path", .enabled(if: TestDatabase.isConfigured, TestDatabase.disabledReason),
@@ -97,5 +97,40 @@ struct LeanAdmissionTests {
                 == ["admitted", "insufficient_quota", "admitted"])
         #expect(try TestDatabase.counters(connection, user: lean) == (used: 0, reserved: 1000))
         #expect(try TestDatabase.counters(connection, user: exact) == (used: 0, reserved: 1000))
+    }
+
+    @Test("a batch of one that fits takes single-row statements; any other gets admit_batch's answer")
+    func batchOfOne() throws {
+        let connection = try TestDatabase.migrated()
+        let (lean, _) = try TestDatabase.userWithKey(connection, quota: 1000)
+        let (exact, _) = try TestDatabase.userWithKey(connection, quota: 1000)
+        let worker = TestDatabase.uniqueName("lean-host") + ":1"
+        // The worker's row and both counters, 100 held by each user.
+        _ = try admit(connection, function: "admit_batch_fast", names: [lean], reserves: [100], worker: worker)
+        _ = try admit(connection, function: "admit_batch", names: [exact], reserves: [100], worker: worker)
+
+        let fits = try admit(connection, function: "admit_batch_fast", names: [lean], reserves: [500], worker: worker)
+        let fitsReference = try admit(
+            connection, function: "admit_batch", names: [exact], reserves: [500], worker: worker)
+        #expect(fits.exactCalls == 0)
+        #expect(fits.answers == fitsReference.answers)
+        #expect(fits.answers.first?.hasPrefix("1|admitted|t|-|-|1000|0|600|") == true)
+
+        // 600 held: 500 more does not fit.
+        let over = try admit(connection, function: "admit_batch_fast", names: [lean], reserves: [500], worker: worker)
+        let overReference = try admit(
+            connection, function: "admit_batch", names: [exact], reserves: [500], worker: worker)
+        #expect(over.exactCalls == 1)
+        #expect(over.answers == overReference.answers)
+        #expect(over.answers.first?.hasPrefix("1|insufficient_quota|t|") == true)
+
+        let unknown = try admit(
+            connection, function: "admit_batch_fast", names: ["nobody-\(lean)"], reserves: [1], worker: worker)
+        #expect(unknown.exactCalls == 1)
+        #expect(unknown.answers == ["1|unknown_user|f|-|-|-|-|-|-"])
+        #expect(try TestDatabase.counters(connection, user: lean) == (used: 0, reserved: 600))
+        #expect(try TestDatabase.counters(connection, user: exact) == (used: 0, reserved: 600))
+        #expect(
+            try TestDatabase.reservations(connection, user: lean) == TestDatabase.reservations(connection, user: exact))
     }
 }
