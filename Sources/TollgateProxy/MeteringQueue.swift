@@ -8,7 +8,7 @@
 /// A batch costs the database a fixed price plus a little per request, so the queue keeps few
 /// batches under way and lets work gather behind them: a batch of admissions starts while no
 /// other is under way (a client waits on each admission, so never later than that), and
-/// settlements, which nobody waits on, also wait a few milliseconds for company. Under light
+/// settlements, which nobody waits on, also wait up to `settlementLinger` for company. Under light
 /// load every admission goes alone at once; under heavy load each round trip carries many. A
 /// batch that takes longer than `overdueAfter` (a slow database) lets another start beside it.
 ///
@@ -32,8 +32,12 @@ final class MeteringQueue: @unchecked Sendable {
         var largestBatch = 256
         /// A batch under way this long no longer holds back the next one of its kind.
         var overdueAfter = Duration.milliseconds(5)
-        /// How long a settlement may wait for others before its batch starts anyway.
-        var settlementLinger = Duration.milliseconds(5)
+        /// How long a settlement may wait for others before its batch starts anyway. At light load
+        /// a settlement batch costs the database nearly as much as the admissions it competes with
+        /// for the CPU: at one connection on two cores, 50 ms instead of 5 ms took the added p50
+        /// latency from 2.1 to 1.7 ms. A worker that stops sends what waits at once; one that
+        /// crashes leaves reservations, which become estimated `worker_lost` ledger rows.
+        var settlementLinger = Duration.milliseconds(50)
     }
 
     let pacing: Pacing
