@@ -301,7 +301,9 @@ def build_report(settings: object, raw: dict, notes: dict, extra: dict, machine:
         lines.append("- **Tollgate, full metering**: scripts/stack.py's `Stack(database=True)`, i.e. its private "
                      "PostgreSQL (a test cluster: fsync, synchronous_commit and full_page_writes off), a user with a "
                      "quota it cannot exhaust and a key; every request is authenticated, reserved, settled and "
-                     "written to the ledger. Metering off and the floor get the same request bytes.")
+                     "written to the ledger. Metering off and the floor get the same request bytes. Both Tollgate "
+                     "targets run one worker process with an event loop per core (outside the scaling and capacity "
+                     "scenarios), whose loops share one metering queue.")
     if "litellm" in getattr(settings, "peers", []):
         lines.append("- **LiteLLM proxy**: PyPI `litellm[proxy]` in .run/bench/litellm-venv, 2 workers, bench/"
                      "litellm.yaml (no message or spend logging, no retries, no database), a master key per run.")
