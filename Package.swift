@@ -21,7 +21,8 @@ let package = Package(
         .target(name: "TollgateProxy", dependencies: ["TollgateCore", "TollgateLoop"]),
         .target(name: "TollgateUpstream", dependencies: ["TollgateCore", "TollgateLoop", "TollgateProxy", "CCurl"]),
         .target(
-            name: "TollgateFastCGI", dependencies: ["TollgateCore", "TollgateLoop", "TollgateProxy", "CFastCGI", "CEventLoop"]),
+            name: "TollgateFastCGI",
+            dependencies: ["TollgateCore", "TollgateLoop", "TollgateProxy", "CFastCGI", "CEventLoop"]),
         .target(name: "TollgateStore", dependencies: ["TollgateCore", "TollgateProxy", "CPostgres"]),
         .executableTarget(
             name: "tollgate",

@@ -34,8 +34,8 @@ final class MeteringQueue: @unchecked Sendable {
         var overdueAfter = Duration.milliseconds(5)
         /// How long a settlement may wait for others before its batch starts anyway. At light load
         /// a settlement batch costs the database nearly as much as the admissions it competes with
-        /// for the CPU: at one connection on two cores, 50 ms instead of 5 ms took the added p50
-        /// latency from 2.1 to 1.7 ms. A worker that stops sends what waits at once; one that
+        /// for the CPU: at one connection on two cores, 50 ms instead of 5 ms took the p50 latency
+        /// of a metered request from 2.1 to 1.7 ms. A worker that stops sends what waits at once; one that
         /// crashes leaves reservations, which become estimated `worker_lost` ledger rows.
         var settlementLinger = Duration.milliseconds(50)
     }

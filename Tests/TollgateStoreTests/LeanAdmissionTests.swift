@@ -4,8 +4,9 @@ import TollgateCore
 @testable import TollgateStore
 
 /// tollgate.admit_batch_fast answers a usual batch in one statement (a batch of one in a few
-/// single-row ones) and leaves the rest to tollgate.admit_batch (sql/006). Two users set up alike get the same batch, one through
-/// each function: the answers and what is left in the database must be the same.
+/// single-row ones) and leaves the rest to tollgate.admit_batch (sql/006). Two users set up
+/// alike get the same batch, one through each function: the answers and what is left in the
+/// database must be the same.
 @Suite(
     "Admission batches on the one-statement path", .enabled(if: TestDatabase.isConfigured, TestDatabase.disabledReason),
     .timeLimit(.minutes(1)))
