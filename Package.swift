@@ -23,7 +23,7 @@ let package = Package(
         .target(
             name: "TollgateFastCGI",
             dependencies: ["TollgateCore", "TollgateLoop", "TollgateProxy", "CFastCGI", "CEventLoop"]),
-        .target(name: "TollgateStore", dependencies: ["TollgateCore", "TollgateProxy", "CPostgres"]),
+        .target(name: "TollgateStore", dependencies: ["TollgateCore", "TollgateLoop", "TollgateProxy", "CPostgres"]),
         .executableTarget(
             name: "tollgate",
             dependencies: [

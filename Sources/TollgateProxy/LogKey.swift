@@ -30,5 +30,6 @@ public enum LogKey: String, Sendable {
     case signal
     case exitStatus = "exit_status"
     case inFlight = "in_flight"
+    case requests
     case detail
 }

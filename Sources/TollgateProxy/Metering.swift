@@ -106,4 +106,53 @@ public protocol BatchMetering: Sendable {
     /// Records each settlement (ledger row, counters, reservation released), or keeps it
     /// durably when the database is away. Returns once every one is recorded or kept.
     func settle(_ settlements: [Settlement])
+
+    /// Admits a request from quota this worker already holds for its caller (a quota lease),
+    /// without blocking and without the database: nil when it holds none the request fits in,
+    /// and `admit` decides. Called on an event loop's thread. The `LeasedAdmission`, when there
+    /// is one, goes to `record` soon after, or to `forget` when its request settles first.
+    func admitFromLease(_ request: AdmissionRequest) -> (AdmissionTicket, LeasedAdmission?)?
+
+    /// Writes the reservations of requests admitted from leases and still in flight, so that a
+    /// worker that dies leaves a ledger row for each. Blocks for a round trip.
+    func record(_ admissions: [LeasedAdmission])
+
+    /// A leased admission that will never be recorded: its request settled first.
+    func forget(_ admission: LeasedAdmission)
+}
+
+/// Stores without quota leases admit every request through `admit`.
+extension BatchMetering {
+    public func admitFromLease(_ request: AdmissionRequest) -> (AdmissionTicket, LeasedAdmission?)? { nil }
+    public func record(_ admissions: [LeasedAdmission]) {}
+    public func forget(_ admission: LeasedAdmission) {}
+}
+
+/// A request a worker admitted from a quota lease, as its reservation will record it.
+public struct LeasedAdmission: Sendable {
+    public var requestID: String
+    /// The lease its tokens came from; nil for a caller without a quota, who holds nothing.
+    public var leaseID: String?
+    public var userID: String
+    public var keyID: String?
+    /// Tokens taken from the lease for this request (0 without a lease).
+    public var heldTokens: Int
+    public var estimatedInputTokens: Int
+    public var api: API
+    public var model: String
+    public var stream: Bool
+
+    public init(
+        request: AdmissionRequest, leaseID: String?, userID: String, keyID: String?, heldTokens: Int
+    ) {
+        self.requestID = request.requestID
+        self.leaseID = leaseID
+        self.userID = userID
+        self.keyID = keyID
+        self.heldTokens = heldTokens
+        self.estimatedInputTokens = request.estimatedInputTokens
+        self.api = request.api
+        self.model = request.model
+        self.stream = request.stream
+    }
 }

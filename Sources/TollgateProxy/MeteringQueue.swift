@@ -3,12 +3,16 @@
 #endif
 
 /// The work `MeteringThreads` share, and when it goes to the store: admissions, model-list
-/// admissions and settlements waiting for a metering thread, and the settlements not yet recorded.
+/// admissions, records of leased admissions and settlements waiting for a metering thread, and
+/// the settlements not yet recorded.
 ///
 /// A batch costs the database a fixed price plus a little per request, so the queue keeps few
 /// batches under way and lets work gather behind them: a batch of admissions starts while no
 /// other is under way (a client waits on each admission, so never later than that), and
-/// settlements, which nobody waits on, also wait up to `settlementLinger` for company. Under light
+/// settlements, which nobody waits on, also wait up to `settlementLinger` for company. Records of
+/// leased admissions wait up to `recordLinger`: a request that settles meanwhile needs none, and
+/// its record is handed back to the caller of `push` instead. A settlement whose record is in a
+/// batch under way waits for that batch, so that the database sees the reservation first. Under light
 /// load every admission goes alone at once; under heavy load each round trip carries many. A
 /// batch that takes longer than `overdueAfter` (a slow database) lets another start beside it.
 ///
@@ -18,6 +22,7 @@ final class MeteringQueue: @unchecked Sendable {
         case admission(PendingAdmission)
         case listing(PendingListing)
         case settlement(Settlement)
+        case record(LeasedAdmission)
     }
 
     /// What one thread takes at a time.
@@ -25,6 +30,7 @@ final class MeteringQueue: @unchecked Sendable {
         case admissions([PendingAdmission])
         case listing(PendingListing)
         case settlements([Settlement])
+        case records([LeasedAdmission])
     }
 
     /// When batches start.
@@ -38,6 +44,11 @@ final class MeteringQueue: @unchecked Sendable {
         /// of a metered request from 2.1 to 1.7 ms. A worker that stops sends what waits at once; one that
         /// crashes leaves reservations, which become estimated `worker_lost` ledger rows.
         var settlementLinger = Duration.milliseconds(50)
+        /// How long the record of a leased admission waits before its batch starts: longer saves
+        /// the database a reservation written and deleted for every request that ends sooner;
+        /// shorter narrows the window in which a worker that dies leaves no ledger row for a
+        /// request it admitted.
+        var recordLinger = Duration.milliseconds(20)
     }
 
     let pacing: Pacing
@@ -49,11 +60,19 @@ final class MeteringQueue: @unchecked Sendable {
     private var admissions: [PendingAdmission] = []
     private var listings: [PendingListing] = []
     private var settlements: [Settlement] = []
+    private var records: [LeasedAdmission] = []
+    /// Settlements of requests whose record is in a batch under way.
+    private var parked: [Settlement] = []
+    /// The request ids of the records in batches under way.
+    private var recording: Set<String> = []
     /// When the oldest waiting settlement arrived.
     private var settlementsSince: ContinuousClock.Instant?
+    /// When the oldest waiting record arrived.
+    private var recordsSince: ContinuousClock.Instant?
     /// Start times of the batches under way, by kind.
     private var admissionBatches: [ContinuousClock.Instant] = []
     private var settlementBatches: [ContinuousClock.Instant] = []
+    private var recordBatches: [ContinuousClock.Instant] = []
     /// Settlements handed over and not yet recorded (queued or in a batch under way).
     private var unsettled = 0
     /// Set while someone waits for every settlement: nothing lingers then.
@@ -80,12 +99,16 @@ final class MeteringQueue: @unchecked Sendable {
         mutex.deallocate()
     }
 
-    func push(_ item: Item) {
+    /// Queues `item`. For a settlement whose request's record is still waiting, that record leaves
+    /// the queue unsent and is returned: the caller tells the store it is forgotten.
+    @discardableResult
+    func push(_ item: Item) -> LeasedAdmission? {
         pthread_mutex_lock(mutex)
         let now = ContinuousClock.now
         // Waking a thread costs as much as a small batch's worth of work on a virtual machine:
         // wake one only when this item lets a batch start, or starts a settlement's linger.
         var wake: Bool
+        var unsent: LeasedAdmission?
         switch item {
         case .admission(let pending):
             admissions.append(pending)
@@ -94,15 +117,29 @@ final class MeteringQueue: @unchecked Sendable {
             listings.append(pending)
             wake = true
         case .settlement(let settlement):
-            wake = settlements.isEmpty
-            if settlements.isEmpty { settlementsSince = now }
-            settlements.append(settlement)
             unsettled += 1
-            wake = wake || (settlementsDue(at: now) && mayStart(settlementBatches, at: now))
+            if !records.isEmpty, let index = records.firstIndex(where: { $0.requestID == settlement.requestID }) {
+                unsent = records.remove(at: index)
+                if records.isEmpty { recordsSince = nil }
+            }
+            if recording.contains(settlement.requestID) {
+                parked.append(settlement)
+                wake = false
+            } else {
+                wake = settlements.isEmpty
+                if settlements.isEmpty { settlementsSince = now }
+                settlements.append(settlement)
+                wake = wake || (settlementsDue(at: now) && mayStart(settlementBatches, at: now))
+            }
+        case .record(let record):
+            wake = records.isEmpty
+            if records.isEmpty { recordsSince = now }
+            records.append(record)
         }
         wake = wake && idleThreads > 0
         pthread_mutex_unlock(mutex)
         if wake { pthread_cond_signal(changed) }
+        return unsent
     }
 
     /// Blocks until a batch may start, then takes it. The caller reports its end with `finished`.
@@ -122,6 +159,14 @@ final class MeteringQueue: @unchecked Sendable {
         }
     }
 
+    /// Takes a batch that may start now, without waiting for one; nil when none may.
+    func poll() -> (work: Work, started: ContinuousClock.Instant)? {
+        pthread_mutex_lock(mutex)
+        defer { pthread_mutex_unlock(mutex) }
+        let now = ContinuousClock.now
+        return take(at: now).map { ($0, now) }
+    }
+
     /// A batch taken by `next` at `started` has been answered. The caller calls `next` again soon.
     func finished(_ work: Work, started: ContinuousClock.Instant) {
         pthread_mutex_lock(mutex)
@@ -135,6 +180,10 @@ final class MeteringQueue: @unchecked Sendable {
             settlementBatches.firstIndex(of: started).map { _ = settlementBatches.remove(at: $0) }
             unsettled -= done.count
             empty = unsettled == 0
+        case .records(let done):
+            recordBatches.firstIndex(of: started).map { _ = recordBatches.remove(at: $0) }
+            for record in done { recording.remove(record.requestID) }
+            unpark()
         }
         pthread_mutex_unlock(mutex)
         // No wake-up: the thread that ends a batch asks `next` for the next one right after, and
@@ -165,6 +214,14 @@ final class MeteringQueue: @unchecked Sendable {
             admissionBatches.append(now)
             return .admissions(taken)
         }
+        if recordsDue(at: now) && mayStart(recordBatches, at: now) {
+            let taken = Array(records.prefix(pacing.largestBatch))
+            records.removeFirst(taken.count)
+            recordsSince = records.isEmpty ? nil : now
+            for record in taken { recording.insert(record.requestID) }
+            recordBatches.append(now)
+            return .records(taken)
+        }
         guard settlementsDue(at: now), mayStart(settlementBatches, at: now) else { return nil }
         let taken = Array(settlements.prefix(pacing.largestBatch))
         settlements.removeFirst(taken.count)
@@ -176,7 +233,23 @@ final class MeteringQueue: @unchecked Sendable {
     /// Whether a batch could start now (what `take` would take).
     private func startable(at now: ContinuousClock.Instant) -> Bool {
         !listings.isEmpty || (!admissions.isEmpty && mayStart(admissionBatches, at: now))
+            || (recordsDue(at: now) && mayStart(recordBatches, at: now))
             || (settlementsDue(at: now) && mayStart(settlementBatches, at: now))
+    }
+
+    private func recordsDue(at now: ContinuousClock.Instant) -> Bool {
+        guard let since = recordsSince else { return false }
+        return draining > 0 || records.count >= pacing.largestBatch || now - since >= pacing.recordLinger
+    }
+
+    /// Moves the parked settlements whose records are written to the settlements waiting.
+    private func unpark() {
+        guard !parked.isEmpty else { return }
+        let ready = parked.filter { !recording.contains($0.requestID) }
+        guard !ready.isEmpty else { return }
+        parked.removeAll { !recording.contains($0.requestID) }
+        if settlements.isEmpty { settlementsSince = .now }
+        settlements += ready
     }
 
     private func settlementsDue(at now: ContinuousClock.Instant) -> Bool {
@@ -194,6 +267,8 @@ final class MeteringQueue: @unchecked Sendable {
     private func nextChange(after now: ContinuousClock.Instant) -> ContinuousClock.Instant? {
         var moments: [ContinuousClock.Instant] = []
         if let since = settlementsSince { moments.append(since + pacing.settlementLinger) }
+        if let since = recordsSince { moments.append(since + pacing.recordLinger) }
+        if !records.isEmpty, let newest = recordBatches.max() { moments.append(newest + pacing.overdueAfter) }
         if !admissions.isEmpty, let newest = admissionBatches.max() { moments.append(newest + pacing.overdueAfter) }
         if !settlements.isEmpty, let newest = settlementBatches.max() {
             moments.append(newest + pacing.overdueAfter)

@@ -9,7 +9,8 @@ import TollgateLoop
 /// starts, and so how large batches grow with load, is the `MeteringQueue`'s pacing: under
 /// light load a request is answered alone at once; under heavy load one round trip serves many,
 /// so the database's cost per request falls as load rises. Replies reach each request's event
-/// loop through its `LoopExecutor`, one hand-over per loop and batch.
+/// loop through its `LoopExecutor`, one hand-over per loop and batch. A request the store admits
+/// from a quota lease is answered at once, on its loop, and only its record is queued.
 public final class MeteringThreads: Metering {
     let store: any BatchMetering
     let queue: MeteringQueue
@@ -32,6 +33,11 @@ public final class MeteringThreads: Metering {
     public func admit(
         _ request: AdmissionRequest, replyingOn executor: any LoopExecutor, _ reply: @escaping (Admission) -> Void
     ) {
+        if let (ticket, leased) = store.admitFromLease(request) {
+            if let leased { queue.push(.record(leased)) }
+            reply(.admitted(ticket))
+            return
+        }
         queue.push(.admission(PendingAdmission(request: request, executor: executor, reply: reply)))
     }
 
@@ -42,7 +48,7 @@ public final class MeteringThreads: Metering {
     }
 
     public func settle(_ settlement: Settlement) {
-        queue.push(.settlement(settlement))
+        if let unsent = queue.push(.settlement(settlement)) { store.forget(unsent) }
     }
 
     public func waitUntilSettled(timeout: Duration) -> Int {
@@ -63,6 +69,9 @@ public final class MeteringThreads: Metering {
                 reply([(pending.executor, pending.reply)], with: [answer])
             case .settlements(let settlements):
                 store.settle(settlements)
+                queue.finished(work, started: started)
+            case .records(let records):
+                store.record(records)
                 queue.finished(work, started: started)
             }
         }

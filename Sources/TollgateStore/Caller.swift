@@ -2,7 +2,7 @@ import TollgateCore
 import TollgateProxy
 
 /// Who a request claims to be, read from its headers before any database round trip.
-public enum Caller: Sendable, Equatable {
+public enum Caller: Sendable, Hashable {
     /// The SHA-256 of a well-formed Tollgate API key (bearer mode).
     case keyHash([UInt8])
     /// A user name from the trusted identity header (header mode).

@@ -30,6 +30,10 @@ public struct MeteringSettings: Sendable {
     /// How long a successful authentication vouches for a caller during an outage under `allow`
     /// (TOLLGATE_OUTAGE_IDENTITY_TTL, seconds); also how long a revoked key may still be used then.
     public var outageIdentityLifetime = Duration.seconds(600)
+    /// How long a quota lease lets this worker admit a caller without the database
+    /// (TOLLGATE_QUOTA_LEASE, seconds); nil (0): every request is admitted by the database. Also
+    /// how long a key revoked, a user disabled or a quota lowered meanwhile may go unnoticed.
+    public var leaseLifetime: Duration?
 
     public init(databaseURL: String, platformKey: String) {
         self.databaseURL = databaseURL
@@ -63,6 +67,12 @@ public struct MeteringSettings: Sendable {
         }
         if let secret = environment["TOLLGATE_SECRET"], !secret.isEmpty {
             settings.secret = secret
+        }
+        if let text = environment["TOLLGATE_QUOTA_LEASE"], !text.isEmpty {
+            guard let seconds = Double(text), seconds >= 0, seconds <= 3600 else {
+                throw invalid("TOLLGATE_QUOTA_LEASE", text)
+            }
+            settings.leaseLifetime = seconds > 0 ? .milliseconds(Int64((seconds * 1000).rounded())) : nil
         }
         try settings.resolveOutage(environment: environment)
         return settings
@@ -107,6 +117,8 @@ public struct MeteringSettings: Sendable {
         TOLLGATE_OUTAGE_ALLOWANCE  tokens per user and worker admitted during one outage under allow (10000)
         TOLLGATE_OUTAGE_IDENTITY_TTL  seconds a successful authentication vouches for a caller during an
                                    outage under allow; a key revoked meanwhile works that long (600)
+        TOLLGATE_QUOTA_LEASE       seconds a worker may admit a caller from quota it holds, without a
+                                   database round trip; a key revoked meanwhile works that long (0: off)
 
         """
 

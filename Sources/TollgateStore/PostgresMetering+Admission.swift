@@ -22,6 +22,12 @@ extension PostgresMetering {
             case .failure(let error): return .rejected(error)
             case .success(let caller):
                 let answer = answers.next() ?? .failure(StoreError(.unexpectedResult, "an admission went unanswered"))
+                if let leases, case .success(let answered) = answer {
+                    leases.learn(
+                        caller, admitted: answered.outcome == .admitted,
+                        remaining: answered.byokKey == nil ? answered.standing?.remaining : nil,
+                        requested: request.reservedTokens)
+                }
                 return admission(answer, caller: caller, requestID: request.requestID, tokens: request.reservedTokens)
             }
         }

@@ -1,3 +1,4 @@
+import Synchronization
 import TollgateCore
 import TollgateProxy
 
@@ -21,8 +22,17 @@ public final class PostgresMetering: BatchMetering {
     /// Replays `journal` in the background once `startReplaying` is called.
     public let replayer: SettlementJournalReplayer?
     let outage: OutagePolicy
+    /// Quota this worker holds for its callers (TOLLGATE_QUOTA_LEASE); nil when leases are off.
+    let leases: QuotaLeases?
+    let leasesStopped = Atomic<Bool>(false)
 
-    public init(settings: MeteringSettings, journal: SettlementJournal? = nil) {
+    public convenience init(settings: MeteringSettings, journal: SettlementJournal? = nil) {
+        self.init(
+            settings: settings, journal: journal, leases: settings.leaseLifetime.map { QuotaLeases(lifetime: $0) })
+    }
+
+    /// `leases` replaces the ones `settings.leaseLifetime` asks for (tests give theirs a clock).
+    init(settings: MeteringSettings, journal: SettlementJournal?, leases: QuotaLeases?) {
         self.settings = settings
         let pool = ConnectionPool(
             conninfo: settings.databaseURL, size: settings.poolSize, waitLimit: settings.timeout,
@@ -35,6 +45,7 @@ public final class PostgresMetering: BatchMetering {
         self.outage = OutagePolicy(
             mode: settings.outagePolicy, allowance: settings.outageAllowance,
             identities: IdentityCache(lifetime: settings.outageIdentityLifetime))
+        self.leases = leases
     }
 
     /// Metering from TOLLGATE_* variables (see `MeteringSettings`), with its journal open and
@@ -55,6 +66,7 @@ public final class PostgresMetering: BatchMetering {
         }
         let metering = PostgresMetering(settings: settings, journal: journal)
         _ = metering.startReplaying()
+        metering.startLeases()
         return metering
     }
 
@@ -76,12 +88,17 @@ public final class PostgresMetering: BatchMetering {
     }
 
     /// Checks once, at start-up, that the database answers and has been migrated (up to the batch
-    /// functions this worker calls).
+    /// functions this worker calls, and the lease functions when leases are on).
     public func verify() throws(StoreError) {
         let result = try pool.withConnection { connection throws(StoreError) in
             try connection.execute(
-                "SELECT to_regprocedure($1) IS NOT NULL AND to_regprocedure($2) IS NOT NULL AS ready",
-                parameters: [Self.admitBatchSignature, Self.settleBatchSignature])
+                """
+                SELECT to_regprocedure($1) IS NOT NULL AND to_regprocedure($2) IS NOT NULL
+                       AND ($3::text IS NULL OR to_regprocedure($3) IS NOT NULL) AS ready
+                """,
+                parameters: [
+                    Self.admitBatchSignature, Self.settleBatchSignature, leases == nil ? nil : Self.takeLeaseSignature,
+                ])
         }
         guard result.boolean("ready") == true else {
             throw StoreError(.invalidSetting, "the database has no Tollgate schema yet: run 'tollgate migrate'")
