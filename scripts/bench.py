@@ -48,7 +48,7 @@ from growth import GrowthCluster, growth_support  # noqa: E402
 from harness import (BenchError, Managed, Processes, http_get, median, percentile, rss_kib,  # noqa: E402
                      WrkResult, run_wrk, start_nginx, wait_until)
 from peers import start_litellm  # noqa: E402
-from report import LABELS, build_report  # noqa: E402
+from report import LABELS, LEASE_SECONDS, METERED, build_report  # noqa: E402
 from stack import Stack, StackError  # noqa: E402
 from stack import stop_leftovers as stop_stack_leftovers  # noqa: E402
 
@@ -196,27 +196,31 @@ class Bench:
 
     def start_tollgate(self, key: str, name: str, port: int, workers: int, paced: bool = False,
                        threads: int | None = None) -> Target:
-        """A Tollgate stack (metering off, or on when key == "on") as a target: `workers` processes
-        of `threads` event loops each (the worker's default, one, when None).
+        """A Tollgate stack as a target: metering off ("off"), on ("on"), or on with quota leases
+        ("leased"); `workers` processes of `threads` event loops each (the worker's default, one,
+        when None).
 
         A target that cannot run gets `na` (why) instead of a URL; the benchmark goes on without it.
         """
         target = Target(key, LABELS[key])
-        if key == "on" and self.metering_na:
+        if key in METERED and self.metering_na:
             target.na = self.metering_na
             return target
         env = {"TOLLGATE_GRACE": "2", "TOLLGATE_UPSTREAM_KEY": "sk-bench-canned-upstream"}
+        if key == "leased":
+            env["TOLLGATE_QUOTA_LEASE"] = str(LEASE_SECONDS)
         options: dict = {"name": name, "http_port": port, "mock_port": None, "workers": workers,
                          "threads": threads, "upstream_url": self.upstream_url(paced), "env": env}
-        if key == "on":
+        if key in METERED:
             options.update(database=True, pg_port=port + 100)
         stack = Stack(ROOT, **options)
         self.say(f"starting {name}: {workers} worker(s)" + (f" of {threads} loops" if threads else "") + f" on :{port}"
-                 + (" with PostgreSQL" if key == "on" else ""))
+                 + (" with PostgreSQL" if key in METERED else "")
+                 + (f" and {LEASE_SECONDS} s quota leases" if key == "leased" else ""))
         self.stacks.append(stack)
         try:
             stack.start()
-            target.auth = f"Bearer {self._issue_key(stack)}" if key == "on" else f"Bearer {DUMMY_KEY}"
+            target.auth = f"Bearer {self._issue_key(stack)}" if key in METERED else f"Bearer {DUMMY_KEY}"
         except (StackError, BenchError, OSError) as error:
             self.stacks.remove(stack)
             stack.stop()
@@ -286,7 +290,7 @@ class Bench:
         return ready
 
     def ledger_rows(self, target: Target) -> int | None:
-        if target.key != "on" or target.stack is None:
+        if target.key not in METERED or target.stack is None:
             return None
         rows = target.stack.psql("SELECT count(*) FROM tollgate.ledger")
         return int(rows[0][0])
@@ -544,14 +548,16 @@ class Bench:
         # each round trip to PostgreSQL carries the admissions of both (see the README).
         loops = os.cpu_count() or 2
         main = {"off": self.start_tollgate("off", "bench-off", port, 1, threads=loops),
-                "on": self.start_tollgate("on", "bench-on", port + 1, 1, threads=loops)}
+                "on": self.start_tollgate("on", "bench-on", port + 1, 1, threads=loops),
+                "leased": self.start_tollgate("leased", "bench-leased", port + 2, 1, threads=loops)}
         peers = [self.start_litellm()] if "litellm" in self.settings.peers else []
+        tollgates = [main["off"], main["on"], main["leased"]]
         if "nonstream64" in scenarios:
-            self.run_wrk_scenario("nonstream64", [floor, main["off"], main["on"]] + peers, 64)
+            self.run_wrk_scenario("nonstream64", [floor] + tollgates + peers, 64)
         if "nonstream1" in scenarios:
-            self.run_wrk_scenario("nonstream1", [floor, main["off"], main["on"]] + peers, 1)
+            self.run_wrk_scenario("nonstream1", [floor] + tollgates + peers, 1)
         if "stream" in scenarios:
-            self.run_stream([floor, main["off"], main["on"]])
+            self.run_stream([floor] + tollgates)
             for peer in peers:
                 self.note("stream", peer.key, "not measured (its upstream client does not send "
                                               "Accept: text/event-stream, which the canned upstream streams on)")
