@@ -1,3 +1,4 @@
+import Dispatch
 import Synchronization
 import TollgateCore
 import TollgateLoop
@@ -52,6 +53,9 @@ extension PostgresMetering {
                     parameters: PostgresArray.columns(rows) + [settings.workerID])
             }
         } catch {
+            // Limitation: records the database does not take (it is away) are not retried: their
+            // requests are still settled (or journaled) with their usage, but a worker that dies
+            // before they end leaves no worker_lost row for them.
             Log.warning(
                 "lease.record_failed",
                 [(.requests, String(admissions.count)), (.code, error.code.rawValue), (.detail, error.description)])
@@ -62,20 +66,19 @@ extension PostgresMetering {
         leases?.recorded([admission])
     }
 
-    /// Starts the thread that takes the leases asked for and returns the expired ones, every
-    /// `interval`; false without leases or when no thread could be started. It stops with
-    /// `stopLeases`, or when this metering is gone.
+    /// Starts the thread that takes the leases asked for as soon as they are, and returns the
+    /// expired ones within `interval`; false without leases or when no thread could be started.
+    /// It stops with `stopLeases`, or when this metering is gone.
     @discardableResult
     public func startLeases(interval: Duration = .milliseconds(20)) -> Bool {
-        guard leases != nil else { return false }
+        guard let leases else { return false }
         let metering = WeakMetering(self)
-        let nanoseconds = max(1_000_000, Int(interval.components.attoseconds / 1_000_000_000))
+        let milliseconds = max(1, Int(interval.components.attoseconds / 1_000_000_000_000))
         do {
-            try NativeThread.start(name: "tollgate-lease", stackSize: 256 << 10) {
-                var pause = timespec(tv_sec: 0, tv_nsec: nanoseconds)
+            try NativeThread.start(name: "tollgate-lease", stackSize: 256 << 10) { [leases] in
                 while let current = metering.value, !current.leasesStopped.load(ordering: .acquiring) {
                     current.keepLeases()
-                    nanosleep(&pause, nil)
+                    _ = leases.choresWaiting.wait(timeout: .now() + .milliseconds(milliseconds))
                 }
             }
             return true

@@ -1,3 +1,4 @@
+import Dispatch
 import Synchronization
 import TollgateProxy
 
@@ -11,11 +12,14 @@ import TollgateProxy
 /// spent) drops their lease at once; otherwise what the database learns meanwhile (a key revoked,
 /// a quota lowered) takes effect here when the lease expires, `lifetime` after it was taken.
 ///
-/// A lease in use is renewed in the background before it runs out: a new one is asked for when a
-/// quarter of it is left (twice as large, so that a busy caller soon needs few takes) or a quarter
-/// of its lifetime. An expired or replaced lease is returned to the database once every request admitted from it
+/// A lease in use is renewed in the background before it runs out: a new one is asked for when
+/// half of it is left (twice as large, so that a busy caller soon needs few takes) or a quarter of
+/// its lifetime. An expired or replaced lease is returned to the database once every request admitted from it
 /// is recorded or forgotten, so that its leftover tokens are given back after, not before, the
 /// reservations it handed out. Every call takes a mutex for a few dictionary operations.
+// Limitation: near the end of a quota, tokens another worker holds in its lease are not available
+// here until that lease is used up, returned or expired: a request may be refused that would fit
+// a few seconds later. Leases are at most half of what is left to keep that share small.
 final class QuotaLeases: Sendable {
     /// Who a caller is, and what this worker may still reserve for them.
     struct Holding: Sendable {
@@ -62,9 +66,14 @@ final class QuotaLeases: Sendable {
         var unrecorded: [String: Int] = [:]
         /// Leases no longer admitted from, to return once nothing of theirs is unrecorded.
         var retired: Set<String> = []
+        /// When a take for a caller last brought no lease (refused, nothing granted, or the
+        /// database away): none is asked for again during a quarter of the lifetime.
+        var declined: [Caller: ContinuousClock.Instant] = [:]
     }
 
     let lifetime: Duration
+    /// Signalled when a lease is wanted, so that the background thread takes it at once.
+    let choresWaiting = DispatchSemaphore(value: 0)
     /// A lease is asked for this many times a request's reservation (or half of what the caller
     /// has left, when that is less).
     let requestsPerLease: Int
@@ -85,13 +94,15 @@ final class QuotaLeases: Sendable {
         _ request: AdmissionRequest, caller: Caller, platformKey: String
     ) -> (AdmissionTicket, LeasedAdmission?)? {
         let instant = now()
+        var wanted = false
+        defer { if wanted { choresWaiting.signal() } }
         return state.withLock { state -> (AdmissionTicket, LeasedAdmission?)? in
             guard var holding = state.holdings[caller] else { return nil }
             guard instant < holding.expiresAt else {
                 Self.retire(caller, &state)
                 return nil
             }
-            defer { renewIfDue(caller, &state, at: instant) }
+            defer { wanted = renewIfDue(caller, &state, at: instant) }
             if let byokKey = holding.byokKey {
                 // As admitted by the database: a BYOK request holds nothing and has no reservation.
                 let ticket = AdmissionTicket(
@@ -116,16 +127,20 @@ final class QuotaLeases: Sendable {
         }
     }
 
-    /// Asks for a new lease when the caller's is down to a quarter of its tokens (twice as many)
-    /// or of its lifetime (as many), unless one is asked for already.
-    private func renewIfDue(_ caller: Caller, _ state: inout State, at instant: ContinuousClock.Instant) {
-        guard let holding = state.holdings[caller], state.wanted[caller] == nil, !state.taking.contains(caller)
-        else { return }
-        if let granted = holding.granted, let remaining = holding.remaining, remaining < granted / 4 {
+    /// Asks for a new lease when the caller's is down to half of its tokens (twice as many) or a
+    /// quarter of its lifetime (as many), unless one is asked for already. True when it asked.
+    private func renewIfDue(_ caller: Caller, _ state: inout State, at instant: ContinuousClock.Instant) -> Bool {
+        guard let holding = state.holdings[caller], state.wanted[caller] == nil, !state.taking.contains(caller),
+            !declinedLately(caller, state, at: instant)
+        else { return false }
+        if let granted = holding.granted, let remaining = holding.remaining, remaining < granted / 2 {
             state.wanted[caller] = min(granted, Int.max / 2) * 2
         } else if holding.expiresAt - instant < lifetime / 4 {
             state.wanted[caller] = holding.granted ?? 0
+        } else {
+            return false
         }
+        return true
     }
 
     /// What the database answered for one of the caller's requests, reserving `requested` tokens:
@@ -133,27 +148,33 @@ final class QuotaLeases: Sendable {
     /// a request and the caller has enough quota left (`remaining`, nil: no limit) to share.
     func learn(_ caller: Caller, admitted: Bool, remaining: Int?, requested: Int) {
         let instant = now()
-        state.withLock { state in
+        let asked = state.withLock { state -> Bool in
             guard admitted else {
                 Self.retire(caller, &state)
                 state.wanted[caller] = nil
-                return
+                return false
             }
-            if let holding = state.holdings[caller], instant < holding.expiresAt,
-                (holding.remaining ?? .max) >= requested
-            {
-                return
+            let holding = state.holdings[caller]
+            if let holding, instant < holding.expiresAt, (holding.remaining ?? .max) >= requested {
+                return false
             }
-            guard !state.taking.contains(caller) else { return }
+            guard !state.taking.contains(caller), !declinedLately(caller, state, at: instant) else { return false }
             guard let remaining else {
                 state.wanted[caller] = 0
-                return
+                return true
             }
+            // As many tokens as `requestsPerLease` such requests, or twice the lease that did not
+            // suffice, or a take already asked for, whichever is most; then at most half of what is left.
             let request = max(1, requested)
-            let wanted = min(remaining / 2, min(request, Int.max / requestsPerLease) * requestsPerLease)
-            guard wanted >= 2 * request else { return }
+            let size = max(
+                min(request, Int.max / requestsPerLease) * requestsPerLease,
+                min(holding?.granted ?? 0, Int.max / 2) * 2, state.wanted[caller] ?? 0)
+            let wanted = min(remaining / 2, size)
+            guard wanted >= 2 * request else { return false }
             state.wanted[caller] = wanted
+            return true
         }
+        if asked { choresWaiting.signal() }
     }
 
     /// Takes what is to be done now: the leases wanted (marked as being taken) and the leases that
@@ -164,6 +185,7 @@ final class QuotaLeases: Sendable {
             for (caller, holding) in state.holdings where instant >= holding.expiresAt {
                 Self.retire(caller, &state)
             }
+            state.declined = state.declined.filter { instant - $0.value < lifetime / 4 }
             let takes = state.wanted.map { (caller: $0.key, wanted: $0.value) }
             state.wanted.removeAll()
             state.taking.formUnion(takes.map(\.caller))
@@ -176,8 +198,10 @@ final class QuotaLeases: Sendable {
     /// The answer to a take: the caller's new holding (replacing and retiring the old one), or
     /// nil when no lease was granted.
     func taken(_ caller: Caller, _ holding: Holding?) {
+        let instant = now()
         state.withLock { state in
             state.taking.remove(caller)
+            state.declined[caller] = holding == nil ? instant : nil
             guard let holding else { return }
             Self.retire(caller, &state)
             state.holdings[caller] = holding
@@ -207,6 +231,11 @@ final class QuotaLeases: Sendable {
     /// The lease ids retired and not yet handed out for return.
     var retiredCount: Int {
         state.withLock { $0.retired.count }
+    }
+
+    private func declinedLately(_ caller: Caller, _ state: State, at instant: ContinuousClock.Instant) -> Bool {
+        guard let declined = state.declined[caller] else { return false }
+        return instant - declined < lifetime / 4
     }
 
     private static func retire(_ caller: Caller, _ state: inout State) {
