@@ -48,6 +48,8 @@ final class MeteringQueue: @unchecked Sendable {
         /// the database a reservation written and deleted for every request that ends sooner;
         /// shorter narrows the window in which a worker that dies leaves no ledger row for a
         /// request it admitted.
+        // Limitation: a worker killed within this linger of admitting a request from a lease
+        // leaves no ledger row for it (its upstream call dies with it).
         var recordLinger = Duration.milliseconds(20)
     }
 
@@ -78,6 +80,9 @@ final class MeteringQueue: @unchecked Sendable {
     /// Set while someone waits for every settlement: nothing lingers then.
     private var draining = 0
     private var idleThreads = 0
+    /// The earliest moment an idle thread waits for, if one waits for a moment: lingering work
+    /// that comes due no sooner needs no wake-up.
+    private var timedWait: ContinuousClock.Instant?
 
     init(pacing: Pacing = Pacing()) {
         self.pacing = pacing
@@ -126,13 +131,13 @@ final class MeteringQueue: @unchecked Sendable {
                 parked.append(settlement)
                 wake = false
             } else {
-                wake = settlements.isEmpty
+                wake = settlements.isEmpty && !awake(by: now + pacing.settlementLinger)
                 if settlements.isEmpty { settlementsSince = now }
                 settlements.append(settlement)
                 wake = wake || (settlementsDue(at: now) && mayStart(settlementBatches, at: now))
             }
         case .record(let record):
-            wake = records.isEmpty
+            wake = records.isEmpty && !awake(by: now + pacing.recordLinger)
             if records.isEmpty { recordsSince = now }
             records.append(record)
         }
@@ -149,12 +154,23 @@ final class MeteringQueue: @unchecked Sendable {
         while true {
             let now = ContinuousClock.now
             if let work = take(at: now) {
-                // Work of the other kind may be startable too: pass the wake-up on.
-                if idleThreads > 0 && startable(at: now) { pthread_cond_signal(changed) }
+                // Work of another kind may be startable too, or lingering with no idle thread
+                // waiting for it: pass the wake-up on.
+                if idleThreads > 0 && (startable(at: now) || (timedWait == nil && nextChange(after: now) != nil)) {
+                    pthread_cond_signal(changed)
+                }
                 return (work, now)
             }
             idleThreads += 1
-            wait(until: nextChange(after: now))
+            let moment = nextChange(after: now)
+            if let moment, !awake(by: moment) {
+                // This thread keeps the time for the others, which wait for a wake-up.
+                timedWait = moment
+                wait(until: moment)
+                if timedWait == moment { timedWait = nil }
+            } else {
+                wait(until: nil)
+            }
             idleThreads -= 1
         }
     }
@@ -250,6 +266,11 @@ final class MeteringQueue: @unchecked Sendable {
         parked.removeAll { !recording.contains($0.requestID) }
         if settlements.isEmpty { settlementsSince = .now }
         settlements += ready
+    }
+
+    /// Whether an idle thread will wake by `moment` without being signalled.
+    private func awake(by moment: ContinuousClock.Instant) -> Bool {
+        timedWait.map { $0 <= moment } ?? false
     }
 
     private func settlementsDue(at now: ContinuousClock.Instant) -> Bool {

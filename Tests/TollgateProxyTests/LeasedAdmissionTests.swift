@@ -1,3 +1,4 @@
+import Dispatch
 import Synchronization
 import Testing
 import TollgateCore
@@ -9,6 +10,9 @@ import TollgateLoop
 /// remembers what it was asked to record and to forget.
 final class LeasingStore: BatchMetering {
     private let calls = Mutex<(admitted: [String], recorded: [String], forgotten: [String])>(([], [], []))
+    /// Signalled after each batch of records and of settlements.
+    let recordedBatch = DispatchSemaphore(value: 0)
+    let settledBatch = DispatchSemaphore(value: 0)
 
     var admitted: [String] { calls.withLock { $0.admitted } }
     var recorded: [String] { calls.withLock { $0.recorded } }
@@ -23,7 +27,9 @@ final class LeasingStore: BatchMetering {
         .admitted(AdmissionTicket(upstreamKey: "k", keySource: .platform))
     }
 
-    func settle(_ settlements: [Settlement]) {}
+    func settle(_ settlements: [Settlement]) {
+        settledBatch.signal()
+    }
 
     func admitFromLease(_ request: AdmissionRequest) -> (AdmissionTicket, LeasedAdmission?)? {
         guard request.requestID.hasPrefix("lease") else { return nil }
@@ -33,6 +39,7 @@ final class LeasingStore: BatchMetering {
 
     func record(_ admissions: [LeasedAdmission]) {
         calls.withLock { $0.recorded += admissions.map(\.requestID) }
+        recordedBatch.signal()
     }
 
     func forget(_ admission: LeasedAdmission) {
@@ -108,6 +115,22 @@ struct LeasedAdmissionTests {
         #expect(Self.ids(queue.poll()?.work) == "nothing")
         queue.finished(work, started: started)
         #expect(Self.ids(queue.poll()?.work) == "settlements r1")
+    }
+
+    @Test("work that lingers is sent when due, also after the thread keeping the time took other work")
+    func lingeringWorkIsSent() throws {
+        let store = LeasingStore()
+        let metering = try MeteringThreads(
+            store: store, threads: 2,
+            pacing: .init(settlementLinger: .milliseconds(10), recordLinger: .milliseconds(40)))
+        metering.admit(Self.request("lease-1"), replyingOn: CountingExecutor()) { _ in }
+        metering.settle(Self.settlement("other"))
+        #expect(store.settledBatch.wait(timeout: .now() + .seconds(10)) == .success)
+        #expect(store.recordedBatch.wait(timeout: .now() + .seconds(10)) == .success)
+        #expect(store.recorded == ["lease-1"])
+        metering.settle(Self.settlement("lease-1"))
+        #expect(store.settledBatch.wait(timeout: .now() + .seconds(10)) == .success)
+        #expect(store.forgotten.isEmpty)
     }
 
     @Test("a request the store admits from a lease is answered at once; its record is forgotten when it settles first")
