@@ -47,7 +47,7 @@ bench: deps build
 	python3 scripts/bench.py $(if $(PEERS),--peers $(PEERS)) $(ARGS)
 
 outage: deps build
-	python3 scripts/outage.py
+	python3 scripts/outage.py $(ARGS)
 
 soak: deps build
 	python3 scripts/soak.py $(ARGS)

@@ -296,6 +296,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--outage", type=float, default=10.0, help="seconds PostgreSQL stays down (10)")
     parser.add_argument("--policy", choices=("refuse", "allow"), default="refuse",
                         help="TOLLGATE_OUTAGE_POLICY of the workers (refuse)")
+    parser.add_argument("--lease", type=float, default=0.0,
+                        help="seconds of TOLLGATE_QUOTA_LEASE for the workers (0: off)")
     parser.add_argument("--port", type=int, default=18070, help="nginx port on 127.0.0.1 (18070)")
     parser.add_argument("--mock-port", type=int, default=18170, help="mock upstream port (18170)")
     args = parser.parse_args(argv)
@@ -309,6 +311,8 @@ def main(argv: list[str]) -> int:
     # TOLLGATE_SQL_DIR: a binary built elsewhere (TOLLGATE_BINARY) still migrates from this repository.
     env = {"TOLLGATE_GRACE": "5", "TOLLGATE_OUTAGE_POLICY": args.policy, "TOLLGATE_DATABASE_TIMEOUT": "2",
            "TOLLGATE_SQL_DIR": str(ROOT / "sql")}
+    if args.lease > 0:
+        env["TOLLGATE_QUOTA_LEASE"] = f"{args.lease:g}"
     stack = Stack(ROOT, name="outage", http_port=args.port, mock_port=args.mock_port, workers=2,
                   env=env, database=True)
     # A journal left by an earlier run belongs to that run's database, not to this fresh one.

@@ -482,6 +482,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=18065, help="nginx port on 127.0.0.1 (18065)")
     parser.add_argument("--mock-port", type=int, default=18165, help="mock upstream port (18165)")
     parser.add_argument("--seed", type=int, default=1, help="seed of the traffic mix (1)")
+    parser.add_argument("--lease", type=float, default=0.0,
+                        help="seconds of TOLLGATE_QUOTA_LEASE for the workers (0: off)")
     args = parser.parse_args(argv)
     args.duration = args.duration if args.duration is not None else (30.0 if args.quick else 300.0)
     args.concurrency = args.concurrency if args.concurrency is not None else (50 if args.quick else 200)
@@ -495,6 +497,8 @@ def main(argv: list[str]) -> int:
     args = parse(argv)
     env = {"TOLLGATE_GRACE": "10", "TOLLGATE_UPSTREAM_TIMEOUT": "30", "TOLLGATE_UPSTREAM_IDLE_TIMEOUT": "30",
            "TOLLGATE_SQL_DIR": str(ROOT / "sql")}
+    if args.lease > 0:
+        env["TOLLGATE_QUOTA_LEASE"] = f"{args.lease:g}"
     stack = Stack(ROOT, name="soak", http_port=args.port, mock_port=args.mock_port, workers=args.workers,
                   env=env, database=True)
     watch = Watch()
