@@ -312,7 +312,13 @@ def build_report(settings: object, raw: dict, notes: dict, extra: dict, machine:
     if "litellm" in getattr(settings, "peers", []):
         lines.append("- **LiteLLM proxy**: PyPI `litellm[proxy]` in .run/bench/litellm-venv, 2 workers, bench/"
                      "litellm.yaml (no message or spend logging, no retries, no database), a master key per run.")
-    if extra.get("nonstream64", {}).get("ledger_rows_written") is not None:
-        lines.append(f"- Full metering wrote {extra['nonstream64']['ledger_rows_written']:,} ledger rows during the "
-                     "64-connection runs (checked, so its figures come from metered requests).")
+    if not metering_na:
+        lines.append(f"- **{LABELS['leased']}**: the same, with TOLLGATE_QUOTA_LEASE={LEASE_SECONDS}: after the first "
+                     "admission the worker takes a quota lease and admits from it without a database round trip, "
+                     "renewing it in the background; requests still in flight after 20 ms get a reservation row; "
+                     "every request is settled and written to the ledger.")
+    written = extra.get("nonstream64", {}).get("ledger_rows_written") or {}
+    for key, rows_written in written.items():
+        lines.append(f"- {LABELS.get(key, key)} wrote {rows_written:,} ledger rows during the 64-connection runs "
+                     "(checked, so its figures come from metered requests).")
     return "\n".join(lines) + "\n", [asdict(r) for r in rows]

@@ -327,7 +327,7 @@ class Bench:
             before = ledger_before.get(target.key)
             if before is not None:
                 written = (self.ledger_rows(target) or 0) - before
-                self.extra.setdefault(scenario, {})["ledger_rows_written"] = written
+                self.extra.setdefault(scenario, {}).setdefault("ledger_rows_written", {})[target.key] = written
                 if written <= 0:
                     self.note(scenario, target.key, "failed: no ledger row was written")
 

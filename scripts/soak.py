@@ -347,6 +347,17 @@ def wait_for_settlements(stack: Stack, upstream: int) -> tuple[int, float]:
     return rows, time.monotonic() - started
 
 
+def wait_for_leases(stack: Stack, lease_s: float) -> float:
+    """With quota leases on, polls until every lease has gone back (they expire `lease_s` after they
+    were last taken); returns the seconds waited."""
+    started = time.monotonic()
+    while time.monotonic() - started < lease_s + SETTLE_DEADLINE_S:
+        if stack.psql("SELECT count(*) FROM tollgate.quota_leases") == [("0",)]:
+            break
+        time.sleep(0.25)
+    return time.monotonic() - started
+
+
 OVERSHOOT_SQL = """
 SELECT u.name, q.tokens, sum(l.total_tokens)
 FROM tollgate.ledger l
@@ -382,6 +393,7 @@ class Findings:
     spent: list[tuple[str, int, int]] = field(default_factory=list)
     reservations_left: int = 0
     reserved_left: int = 0
+    leases_s: float | None = None
     counters_off: int = 0
     reported_tokens: tuple[int, int] = (0, 0)
     restarts: int = 0
@@ -393,6 +405,8 @@ def examine(stack: Stack, args: argparse.Namespace, accounts: list[Account], tal
     records = mock_records(args.mock_port, args.concurrency)
     found.upstream_calls = len(records)
     found.ledger_rows, found.settle_s = wait_for_settlements(stack, len(records))
+    if args.lease > 0:
+        found.leases_s = wait_for_leases(stack, args.lease)
     found.refused_forwarded = sum(1 for r in records if r["json"]["mock"]["soak_id"] in tally.quota_refused)
 
     by_user = Counter(accounts[r["json"]["mock"]["user"]].name for r in records)
@@ -446,7 +460,8 @@ def report(found: Findings, tally: Tally, watch: Watch, args: argparse.Namespace
     for name, quota, spent in found.spent:
         print(row(f"  {name} spent / quota", f"{spent} / {quota}"))
     print(row("quota overshoot (tokens)", found.overshoot))
-    print(row("reservations left / reserved tokens left", f"{found.reservations_left} / {found.reserved_left}"))
+    print(row("reservations left / reserved tokens left", f"{found.reservations_left} / {found.reserved_left}"
+              + (f" (leases back {found.leases_s:.1f} s after the ledger)" if found.leases_s is not None else "")))
     print(row("counters that disagree with the ledger", found.counters_off))
     print(row("worker restarts", found.restarts))
     print(row("worker RSS start / after warm-up / end (MiB)",

@@ -73,7 +73,7 @@ extension PostgresMetering {
     public func startLeases(interval: Duration = .milliseconds(20)) -> Bool {
         guard let leases else { return false }
         let metering = WeakMetering(self)
-        let milliseconds = max(1, Int(interval.components.attoseconds / 1_000_000_000_000))
+        let milliseconds = Self.wholeMilliseconds(interval)
         do {
             try NativeThread.start(name: "tollgate-lease", stackSize: 256 << 10) { [leases] in
                 while let current = metering.value, !current.leasesStopped.load(ordering: .acquiring) {
@@ -86,6 +86,11 @@ extension PostgresMetering {
             Log.error("lease.thread_not_started", [(.worker, settings.workerID)])
             return false
         }
+    }
+
+    /// `duration` in whole milliseconds, at least one: the lease thread's pause between turns.
+    static func wholeMilliseconds(_ duration: Duration) -> Int {
+        max(1, Int((duration / .milliseconds(1)).rounded()))
     }
 
     /// Ends the lease thread after its current turn.

@@ -89,6 +89,13 @@ struct QuotaLeasesTests {
         #expect(leases.chores().takes.map(\.wanted) == [2_000_000])
     }
 
+    @Test("the lease thread pauses as long as asked between turns")
+    func pauseBetweenTurns() {
+        #expect(PostgresMetering.wholeMilliseconds(.milliseconds(20)) == 20)
+        #expect(PostgresMetering.wholeMilliseconds(.seconds(2)) == 2_000)
+        #expect(PostgresMetering.wholeMilliseconds(.microseconds(10)) == 1)
+    }
+
     @Test("no second take is asked for while one is under way")
     func oneTakeAtATime() {
         let leases = book()
