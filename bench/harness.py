@@ -68,6 +68,16 @@ def group_members(pgid: int) -> list[int]:
     return members
 
 
+def group_cpu_seconds(pgid: int) -> float:
+    """CPU time (user and system) used so far by the live processes of group `pgid`, in seconds."""
+    ticks = 0
+    for pid in group_members(pgid):
+        fields = _stat_fields(pid)
+        if fields and len(fields) > 12:
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def rss_kib(pids: list[int]) -> int:
     """Sum of VmRSS of `pids`, KiB (processes already gone count 0)."""
     total = 0
@@ -162,9 +172,28 @@ class Processes:
         self.started.append(managed)
         return managed
 
+    def pause(self, managed: Managed, quiet_within: float = 10.0) -> None:
+        """Stops the process's whole group (SIGSTOP), once it has been quiet (under a tenth of a core)
+        for half a second, or after `quiet_within` seconds: whatever it still does in the background
+        must not take CPU from the targets measured meanwhile."""
+        end = time.monotonic() + quiet_within
+        before = group_cpu_seconds(managed.popen.pid)
+        while time.monotonic() < end:
+            time.sleep(0.5)
+            now = group_cpu_seconds(managed.popen.pid)
+            if now - before < 0.05:
+                break
+            before = now
+        _signal_group(managed.popen.pid, signal.SIGSTOP)
+
+    def resume(self, managed: Managed) -> None:
+        """Continues a group stopped by `pause`."""
+        _signal_group(managed.popen.pid, signal.SIGCONT)
+
     def stop(self, managed: Managed) -> None:
         """Signals the process, waits for it, then kills whatever is left of its group."""
         pid = managed.popen.pid
+        self.resume(managed)
         if managed.popen.poll() is None:
             try:
                 os.kill(pid, managed.stop_signal)
@@ -202,6 +231,13 @@ class Processes:
                 ended.append(pid_file.stem)
             pid_file.unlink(missing_ok=True)
         return ended
+
+
+def _signal_group(pgid: int, which: signal.Signals) -> None:
+    try:
+        os.killpg(pgid, which)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def _kill_group(pgid: int) -> None:

@@ -311,7 +311,9 @@ def build_report(settings: object, raw: dict, notes: dict, extra: dict, machine:
                      "scenarios), whose loops share one metering queue.")
     if "litellm" in getattr(settings, "peers", []):
         lines.append("- **LiteLLM proxy**: PyPI `litellm[proxy]` in .run/bench/litellm-venv, 2 workers, bench/"
-                     "litellm.yaml (no message or spend logging, no retries, no database), a master key per run.")
+                     "litellm.yaml (no message or spend logging, no retries, no database), a master key per run; its "
+                     "process group is stopped (SIGSTOP) between its own turns, once quiet or after 10 s, so that "
+                     "what it still does in the background does not slow the targets measured meanwhile.")
     if not metering_na:
         lines.append(f"- **{LABELS['leased']}**: the same, with TOLLGATE_QUOTA_LEASE={LEASE_SECONDS}: after the first "
                      "admission the worker takes a quota lease and admits from it without a database round trip, "

@@ -35,9 +35,10 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -261,6 +262,7 @@ class Bench:
             return target
         target.url = f"http://127.0.0.1:{self.ports['litellm']}/v1/chat/completions"
         target.auth = f"Bearer {master_key}"
+        self.processes.pause(self.litellm)
         return target
 
     def stop_all(self) -> None:
@@ -281,7 +283,8 @@ class Bench:
             if target.na:
                 self.note(scenario, target.key, target.na)
                 continue
-            problem = check_chat(target.url or "", target.auth, stream, self.settings.stream_events)
+            with self.awake(target):
+                problem = check_chat(target.url or "", target.auth, stream, self.settings.stream_events)
             if problem:
                 self.note(scenario, target.key, f"failed: {problem}")
                 self.say(f"{scenario}: {target.label} answered wrongly ({problem}); skipped")
@@ -300,13 +303,28 @@ class Bench:
     def wrk(self, target: Target, connections: int, duration: float, scenario: str | None = None) -> WrkResult | None:
         """One wrk run of non-stream chat against `target`; None (and a note) when wrk failed."""
         try:
-            return run_wrk(target.url or "", self.chat_body, connections, duration, auth=target.auth,
-                           threads=1 if connections == 1 else 2)
+            with self.awake(target):
+                return run_wrk(target.url or "", self.chat_body, connections, duration, auth=target.auth,
+                               threads=1 if connections == 1 else 2)
         except BenchError as error:
             if scenario:
                 self.note(scenario, target.key, f"failed: {error}")
             self.say(f"{target.label}: {error}")
             return None
+
+    @contextmanager
+    def awake(self, target: Target) -> Iterator[None]:
+        """LiteLLM runs only for its own turns: between them its process group is stopped, since
+        left running it went on working through the requests a run left behind (and respawning a
+        worker) while the other targets were measured."""
+        if target.key != "litellm" or self.litellm is None:
+            yield
+            return
+        self.processes.resume(self.litellm)
+        try:
+            yield
+        finally:
+            self.processes.pause(self.litellm)
 
     def run_wrk_scenario(self, scenario: str, targets: list[Target], connections: int) -> None:
         """Interleaved wrk rounds over `targets` (non-stream chat)."""
