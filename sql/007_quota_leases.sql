@@ -197,7 +197,9 @@ END;
 $$;
 
 -- As in 002, and the worker's leases are given back too: its reservations and leases are
--- locked first (in that order), then counters are changed in (user, period) order.
+-- locked first (in that order), then counters are changed in (user, period) order. Restated in
+-- full: its callers (supervisors, sweep_stale_workers) know it by this name, and 002's body names
+-- its parameter through the function's name, so that body cannot live on under another one.
 CREATE OR REPLACE FUNCTION tollgate.release_worker(worker_id text) RETURNS integer
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = tollgate, pg_temp AS $$
 #variable_conflict use_column
