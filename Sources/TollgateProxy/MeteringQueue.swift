@@ -44,6 +44,12 @@ final class MeteringQueue: @unchecked Sendable {
         /// of a metered request from 2.1 to 1.7 ms. A worker that stops sends what waits at once; one that
         /// crashes leaves reservations, which become estimated `worker_lost` ledger rows.
         var settlementLinger = Duration.milliseconds(50)
+        /// How many waiting settlements are company enough: their batch starts without waiting out
+        /// the linger. A batch holds the database busy for its length; on two cores a request whose
+        /// thread lands beside a batch of a hundred settlements waits the few milliseconds it takes.
+        /// At one connection with quota leases (about 2,500 requests/s) 16 instead of 256 took the
+        /// p99 added over nginx alone from 4.4-4.7 ms to 2.0 ms, with 64 connections unchanged.
+        var settlementCompany = 16
         /// How long the record of a leased admission waits before its batch starts: longer saves
         /// the database a reservation written and deleted for every request that ends sooner;
         /// shorter narrows the window in which a worker that dies leaves no ledger row for a
@@ -275,7 +281,7 @@ final class MeteringQueue: @unchecked Sendable {
 
     private func settlementsDue(at now: ContinuousClock.Instant) -> Bool {
         guard let since = settlementsSince else { return false }
-        return draining > 0 || settlements.count >= pacing.largestBatch || now - since >= pacing.settlementLinger
+        return draining > 0 || settlements.count >= pacing.settlementCompany || now - since >= pacing.settlementLinger
     }
 
     /// True while no batch of that kind is under way, or every one is overdue.

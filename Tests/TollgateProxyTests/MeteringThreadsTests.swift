@@ -114,6 +114,22 @@ struct MeteringThreadsTests {
         #expect(store.settlementBatches == [1])
     }
 
+    @Test("enough settlements start their batch without waiting out the linger")
+    func settlementsInCompanyGoAtOnce() throws {
+        var pacing = MeteringQueue.Pacing()
+        pacing.settlementLinger = .seconds(3600)
+        pacing.settlementCompany = 3
+        let store = GatedStore()
+        let metering = try MeteringThreads(store: store, threads: 1, pacing: pacing)
+
+        for _ in 1...3 { metering.settle(Self.settlement) }
+        // Without the threshold the batch would wait out the hour-long linger.
+        #expect(store.entered.wait(timeout: .now() + 30) == .success, "the batch started")
+        #expect(store.settlementBatches == [3], "the third settlement starts the batch of all three")
+        #expect(metering.waitUntilSettled(timeout: .seconds(30)) == 0)
+        #expect(store.settlementBatches == [3])
+    }
+
     @Test("waitUntilSettled returns once every settlement is recorded, and counts those still waiting")
     func waitsForSettlements() throws {
         let store = GatedStore(gatesSettlements: true)
